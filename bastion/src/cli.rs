@@ -1,0 +1,692 @@
+//! The command line: `bastion serve`, `check-config`, `audit verify`.
+//!
+//! Errors are printed as `error: …` with their cause chain and a `hint: …`
+//! where the next step is obvious. Exit 64 for usage and configuration
+//! errors, 1 for everything else.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::audit::AuditLog;
+use crate::config::{self, Config, ConfigError, Override};
+use crate::ipc::{self, Secret, ToWorker, WorkerInit};
+use crate::keysource::KeySources;
+use crate::monitor::{self, Phase, Shared};
+use crate::policy::{Policy, Rule};
+use crate::sandbox;
+
+/// Exit code for usage and configuration errors (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+
+/// A stateless, sandboxed SSH bastion: `ssh -J` through it to private hosts,
+/// with keys from files, commands or AWS, and a per-user audit trail.
+#[derive(Debug, Parser)]
+#[command(name = "bastion", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the bastion.
+    Serve(ServeArgs),
+    /// Validate a configuration and exit: 0 when valid, 64 with every problem listed.
+    CheckConfig {
+        /// The TOML configuration file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Work with audit trails.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Check that the worker sandbox kills a worker making a forbidden system call.
+    #[command(hide = true)]
+    SandboxSelftest {
+        /// Which system call the sandboxed child makes.
+        #[arg(long, value_enum)]
+        syscall: SyscallKind,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SyscallKind {
+    Forbidden,
+    Allowed,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chains of a trail file, or of every trail in a directory.
+    Verify {
+        /// A `<login>.jsonl` trail or the audit directory.
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// The TOML configuration file (environment: BASTION_CONFIG).
+    #[arg(long, short, value_name = "FILE", env = "BASTION_CONFIG")]
+    config: Option<PathBuf>,
+    /// Development defaults, no AWS and no config file: listen on
+    /// 127.0.0.1:2222, a generated host key, your ~/.ssh/authorized_keys,
+    /// forwarding to loopback port 22 only.
+    #[arg(long)]
+    dev: bool,
+    /// Listen address (repeatable); overrides `listen`.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Host private key file (repeatable); overrides `host_keys`.
+    #[arg(long = "host-key", value_name = "FILE")]
+    host_keys: Vec<PathBuf>,
+    /// Audit trail directory; overrides `audit.dir`.
+    #[arg(long, value_name = "DIR")]
+    audit_dir: Option<PathBuf>,
+    /// Run workers WITHOUT the sandbox (sets `sandbox.enabled = false`).
+    #[arg(long)]
+    no_sandbox: bool,
+}
+
+/// Runs the CLI.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Audit {
+            command: AuditCommand::Verify { path },
+        } => audit_verify(&path),
+        Command::SandboxSelftest { syscall } => selftest(matches!(syscall, SyscallKind::Forbidden)),
+    }
+}
+
+fn print_error(message: &str, hint: Option<&str>) {
+    eprintln!("error: {message}");
+    if let Some(h) = hint {
+        eprintln!("hint: {h}");
+    }
+}
+
+fn print_config_errors(errors: &[ConfigError]) -> ExitCode {
+    for e in errors {
+        print_error(&e.to_string(), e.hint.as_deref());
+    }
+    eprintln!(
+        "{} configuration problem{} found",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Everything derived from the configuration that can fail, checked before anything binds.
+struct Prepared {
+    policy: Policy,
+    sources: KeySources,
+    host_keys: Vec<Secret>,
+    fingerprints: Vec<String>,
+}
+
+fn prepare(cfg: &Config) -> Result<Prepared, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let err = |key: String, message: String| ConfigError {
+        source: cfg.origins.of(key.split('[').next().unwrap_or(&key)),
+        key,
+        message,
+        hint: None,
+    };
+    let mut host_keys = Vec::new();
+    let mut fingerprints = Vec::new();
+    for (i, path) in cfg.host_keys.iter().enumerate() {
+        match std::fs::read_to_string(path) {
+            Ok(text) => match russh::keys::decode_secret_key(&text, None) {
+                Ok(key) => {
+                    fingerprints.push(format!(
+                        "{} {}",
+                        key.public_key().fingerprint(russh::keys::HashAlg::Sha256),
+                        key.algorithm().as_str()
+                    ));
+                    host_keys.push(Secret(text));
+                }
+                Err(e) => errors.push(err(
+                    format!("host_keys[{i}]"),
+                    format!("{} is not an OpenSSH private key: {e}", path.display()),
+                )),
+            },
+            Err(e) => errors.push(err(
+                format!("host_keys[{i}]"),
+                format!("cannot read {}: {e}", path.display()),
+            )),
+        }
+    }
+    let mut rules = Vec::new();
+    for rule in &cfg.allow {
+        match Rule::parse(&rule.principals, &rule.to) {
+            Ok(r) => rules.push(r),
+            Err(problems) => {
+                for p in problems {
+                    errors.push(ConfigError {
+                        source: cfg.origins.of(&rule.key),
+                        key: format!("{}.{}", rule.key, p.key()),
+                        message: p.to_string(),
+                        hint: None,
+                    });
+                }
+            }
+        }
+    }
+    let sources = match KeySources::new(&cfg.auth) {
+        Ok(s) => Some(s),
+        Err(problems) => {
+            for (i, key, message) in problems {
+                errors.push(err(format!("auth[{i}].{key}"), message));
+            }
+            None
+        }
+    };
+    match sources {
+        Some(sources) if errors.is_empty() => Ok(Prepared {
+            policy: Policy::new(rules, own_addresses(&cfg.listen)),
+            sources,
+            host_keys,
+            fingerprints,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// The bastion's own addresses: every interface address and the listen addresses.
+fn own_addresses(listen: &[SocketAddr]) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    if let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() {
+        for ifa in ifaddrs {
+            let Some(addr) = ifa.address else { continue };
+            let ip = if let Some(v4) = addr.as_sockaddr_in() {
+                IpAddr::V4(v4.ip())
+            } else if let Some(v6) = addr.as_sockaddr_in6() {
+                IpAddr::V6(v6.ip())
+            } else {
+                continue;
+            };
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    for l in listen {
+        if !l.ip().is_unspecified() && !out.contains(&l.ip()) {
+            out.push(l.ip());
+        }
+    }
+    out
+}
+
+fn overrides(args: &ServeArgs) -> Vec<Override> {
+    let mut out = Vec::new();
+    if !args.listen.is_empty() {
+        out.push(Override {
+            key: "listen".into(),
+            value: toml::Value::Array(
+                args.listen
+                    .iter()
+                    .map(|a| toml::Value::String(a.to_string()))
+                    .collect(),
+            ),
+            source: "flag --listen".into(),
+        });
+    }
+    if !args.host_keys.is_empty() {
+        out.push(Override {
+            key: "host_keys".into(),
+            value: toml::Value::Array(
+                args.host_keys
+                    .iter()
+                    .map(|p| toml::Value::String(p.display().to_string()))
+                    .collect(),
+            ),
+            source: "flag --host-key".into(),
+        });
+    }
+    if let Some(dir) = &args.audit_dir {
+        out.push(Override {
+            key: "audit.dir".into(),
+            value: toml::Value::String(dir.display().to_string()),
+            source: "flag --audit-dir".into(),
+        });
+    }
+    if args.no_sandbox {
+        out.push(Override {
+            key: "sandbox.enabled".into(),
+            value: toml::Value::Boolean(false),
+            source: "flag --no-sandbox".into(),
+        });
+    }
+    out
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    let cfg = match config::load(Some(path), std::env::vars(), Vec::new()) {
+        Ok(c) => c,
+        Err(errors) => return print_config_errors(&errors),
+    };
+    match prepare(&cfg) {
+        Ok(p) => {
+            println!(
+                "{}: configuration is valid ({} listen address(es), {} host key(s), {} key source(s), {} forwarding rule(s))",
+                path.display(),
+                cfg.listen.len(),
+                p.host_keys.len(),
+                cfg.auth.len(),
+                cfg.allow.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => print_config_errors(&errors),
+    }
+}
+
+fn audit_verify(path: &Path) -> ExitCode {
+    match crate::audit::verify(path) {
+        Ok(summary) => {
+            println!(
+                "{}: OK, {} event(s) in {} session(s) across {} file(s); every hash chain holds",
+                path.display(),
+                summary.events,
+                summary.sessions,
+                summary.files
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_error(&e.to_string(), None);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let (log_filter, log_json) = crate::logging::init_monitor();
+    let loaded = if args.dev {
+        crate::cli::dev::config(&args, overrides(&args))
+    } else {
+        let r = config::load(args.config.as_deref(), std::env::vars(), overrides(&args));
+        if args.config.is_none() {
+            if let Err(errors) = &r {
+                if errors.iter().any(|e| e.key == "host_keys") {
+                    eprintln!(
+                        "note: no --config given; for a quick local try use: bastion serve --dev"
+                    );
+                }
+            }
+        }
+        r.map(|c| (c, None))
+    };
+    let (cfg, dev) = match loaded {
+        Ok(c) => c,
+        Err(errors) => return print_config_errors(&errors),
+    };
+    let prepared = match prepare(&cfg) {
+        Ok(p) => p,
+        Err(errors) => return print_config_errors(&errors),
+    };
+
+    if cfg.sandbox.enabled {
+        if let Err(why) = sandbox::preflight() {
+            print_error(
+                &format!("cannot sandbox workers: {why}"),
+                Some("run the bastion as root; or, knowing that every connection then runs unconfined, set sandbox.enabled = false (BASTION_SANDBOX__ENABLED=false or --no-sandbox)"),
+            );
+            return ExitCode::from(1);
+        }
+    } else {
+        tracing::warn!("SANDBOX DISABLED by configuration: workers run without namespaces, seccomp or privilege separation");
+        eprintln!("warning: the worker sandbox is DISABLED (sandbox.enabled = false): every connection runs unconfined");
+    }
+
+    let audit = match AuditLog::open(&cfg.audit.dir, cfg.audit.stdout) {
+        Ok(a) => a,
+        Err(e) => {
+            print_error(
+                &format!("cannot write the audit trail: {e}"),
+                Some("audit.dir must be a directory the bastion can create and write"),
+            );
+            return ExitCode::from(1);
+        }
+    };
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bastion-monitor")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            print_error(&format!("cannot start the async runtime: {e}"), None);
+            return ExitCode::from(1);
+        }
+    };
+    let fingerprints = prepared.fingerprints.clone();
+    let sources_desc = prepared.sources.describe();
+    let shared = Arc::new(Shared::new(
+        cfg,
+        prepared.policy,
+        prepared.sources,
+        audit,
+        prepared.host_keys,
+        log_filter,
+        log_json,
+    ));
+    if shared.config.sandbox.enabled {
+        if let Err(e) = shared.prepare_runtime_dir() {
+            print_error(
+                &e.to_string(),
+                Some("sandbox.runtime_dir must be a directory the bastion can create"),
+            );
+            return ExitCode::from(1);
+        }
+    }
+    runtime.block_on(async move {
+        let listeners = match monitor::bind(&shared.config.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                print_error(&e.to_string(), Some("is another process using the port? change `listen` or use --listen"));
+                return ExitCode::from(1);
+            }
+        };
+        announce(&shared, &fingerprints, &sources_desc, dev.as_ref());
+        let (phase_tx, phase_rx) = tokio::sync::watch::channel(Phase::Running);
+        let grace = shared.config.limits.shutdown_grace;
+        let mut server = tokio::spawn(monitor::run(shared.clone(), listeners, phase_rx));
+        let signals = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!(grace = %humantime::format_duration(grace), "SIGTERM: draining; live sessions may run until the grace period ends");
+                    let _ = phase_tx.send(Phase::Draining);
+                    tokio::select! {
+                        _ = tokio::time::sleep(grace) => tracing::info!("grace period over; closing the remaining sessions"),
+                        _ = int.recv() => tracing::info!("SIGINT: closing the remaining sessions now"),
+                        _ = phase_tx.closed() => {}
+                    }
+                }
+                _ = int.recv() => tracing::info!("SIGINT: closing every session now"),
+            }
+            let _ = phase_tx.send(Phase::Closing);
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = &mut server => {}
+            _ = signals => {}
+        }
+        // The sessions got their Closing notice; give them a moment to say goodbye.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(6), &mut server).await;
+        tracing::info!("bastion stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+fn announce(
+    shared: &Shared,
+    fingerprints: &[String],
+    sources: &[String],
+    dev: Option<&dev::DevInfo>,
+) {
+    let cfg = &shared.config;
+    let listen: Vec<String> = cfg.listen.iter().map(|a| a.to_string()).collect();
+    let rules: Vec<String> = cfg
+        .allow
+        .iter()
+        .map(|r| format!("{} -> {}", r.principals.join(","), r.to.join(", ")))
+        .collect();
+    tracing::info!(listen = ?listen, host_keys = ?fingerprints, key_sources = ?sources, forwarding = ?rules,
+        audit_dir = %cfg.audit.dir.display(), sandbox = cfg.sandbox.enabled, version = env!("CARGO_PKG_VERSION"), "bastion listening");
+    if let Some(dev) = dev {
+        eprintln!("bastion {} in development mode", env!("CARGO_PKG_VERSION"));
+        eprintln!("  listening on      {}", listen.join(", "));
+        for fp in fingerprints {
+            eprintln!("  host key          {fp}   ({})", dev.host_key.display());
+        }
+        eprintln!(
+            "  key source        {} (login: {})",
+            dev.authorized_keys.display(),
+            dev.login
+        );
+        eprintln!("  forwarding        loopback port 22 only (127.0.0.1:22, [::1]:22)");
+        eprintln!(
+            "  audit trail       {}/<login>.jsonl",
+            cfg.audit.dir.display()
+        );
+        eprintln!(
+            "  sandbox           {}",
+            if cfg.sandbox.enabled { "on" } else { "OFF" }
+        );
+        eprintln!(
+            "  try:              ssh -J {}@{} {}@127.0.0.1",
+            dev.login,
+            listen.first().map(String::as_str).unwrap_or(""),
+            dev.login
+        );
+    }
+}
+
+/// `bastion sandbox-selftest`: a real worker, through the real spawn path and
+/// sandbox, that makes one system call; its fate becomes ours.
+fn selftest(forbidden: bool) -> ExitCode {
+    let run = || -> Result<(i32, Option<i32>), String> {
+        sandbox::preflight()?;
+        let root = "/run/bastion/root";
+        std::fs::create_dir_all(root).map_err(|e| format!("creating {root}: {e}"))?;
+        let (ours, theirs) = ipc::pair().map_err(|e| e.to_string())?;
+        let (client, _keep) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+        let client: std::os::fd::OwnedFd = client.into();
+        let argv = [
+            c"bastion-worker".to_owned(),
+            c"worker".to_owned(),
+            c"selftest".to_owned(),
+        ];
+        let spawned = sandbox::spawn_worker(c"/proc/self/exe", &argv, &client, &theirs, true)
+            .map_err(|e| e.to_string())?;
+        drop(theirs);
+        let init = WorkerInit {
+            sid: "selftest".into(),
+            peer: "-".into(),
+            host_keys: Vec::new(),
+            sandbox: Some(ipc::SandboxPlan {
+                uid: 1_999_999_999,
+                memory_limit: 1 << 30,
+                root_dir: root.into(),
+            }),
+            log_json: false,
+            log_filter: "warn".into(),
+            selftest_forbidden: Some(forbidden),
+        };
+        ipc::send_blocking(&ours, &ToWorker::Init(init)).map_err(|e| e.to_string())?;
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => Ok((code, None)),
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => Ok((0, Some(sig as i32))),
+            other => Err(format!("unexpected wait status {other:?}")),
+        }
+    };
+    match run() {
+        Ok((_, Some(sig))) => {
+            eprintln!(
+                "sandboxed worker was killed by signal {sig}{}",
+                if sig == libc::SIGSYS {
+                    " (SIGSYS: seccomp)"
+                } else {
+                    ""
+                }
+            );
+            sandbox::die_by_signal(sig)
+        }
+        Ok((code, None)) => {
+            eprintln!("sandboxed worker exited with status {code}");
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+        Err(e) => {
+            print_error(&format!("sandbox self-test could not run: {e}"), None);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `bastion serve --dev`: a working bastion with no config file and no AWS.
+pub mod dev {
+    use super::*;
+
+    /// What dev mode chose, for the start-up message.
+    pub struct DevInfo {
+        pub login: String,
+        pub authorized_keys: PathBuf,
+        pub host_key: PathBuf,
+    }
+
+    fn problem(key: &str, message: String, hint: Option<&str>) -> Vec<ConfigError> {
+        vec![ConfigError {
+            key: key.into(),
+            source: "dev mode".into(),
+            message,
+            hint: hint.map(str::to_string),
+        }]
+    }
+
+    /// The invoking user (the one behind sudo, if any) and their home.
+    fn invoking_user() -> Result<(String, PathBuf), Vec<ConfigError>> {
+        let lookup = match std::env::var("SUDO_USER") {
+            Ok(name) if nix::unistd::Uid::effective().is_root() && !name.is_empty() => {
+                nix::unistd::User::from_name(&name)
+            }
+            _ => nix::unistd::User::from_uid(nix::unistd::Uid::effective()),
+        };
+        match lookup {
+            Ok(Some(user)) => {
+                let home = if std::env::var_os("SUDO_USER").is_none() {
+                    std::env::var_os("HOME")
+                        .map(PathBuf::from)
+                        .unwrap_or(user.dir)
+                } else {
+                    user.dir
+                };
+                Ok((user.name, home))
+            }
+            _ => Err(problem(
+                "auth",
+                "cannot tell which user is running the bastion".into(),
+                None,
+            )),
+        }
+    }
+
+    /// Where dev mode keeps its host key and audit trail.
+    fn state_dir() -> PathBuf {
+        if let Some(x) = std::env::var_os("XDG_STATE_HOME") {
+            return PathBuf::from(x).join("bastion");
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"));
+        home.join(".local/state/bastion")
+    }
+
+    /// Loads or creates the dev host key so the fingerprint stays the same across runs.
+    fn host_key(path: &Path) -> Result<(), Vec<ConfigError>> {
+        if path.exists() {
+            return Ok(());
+        }
+        let fail = |e: String| {
+            problem(
+                "host_keys",
+                format!("cannot create {}: {e}", path.display()),
+                None,
+            )
+        };
+        let seed: [u8; 32] = rand::random();
+        let key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed),
+        );
+        let pem = key
+            .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+            .map_err(|e| fail(e.to_string()))?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
+        }
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| fail(e.to_string()))?;
+        f.write_all(pem.as_bytes())
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The development configuration, with environment and flags applied on top.
+    pub(crate) fn config(
+        args: &ServeArgs,
+        overrides: Vec<Override>,
+    ) -> Result<(Config, Option<DevInfo>), Vec<ConfigError>> {
+        if args.config.is_some() {
+            return Err(problem(
+                "--dev",
+                "--dev and --config exclude each other".into(),
+                Some("drop one of them"),
+            ));
+        }
+        let (login, home) = invoking_user()?;
+        let authorized_keys = home.join(".ssh/authorized_keys");
+        if !authorized_keys.is_file() {
+            return Err(problem(
+                "auth",
+                format!("{} does not exist, so nobody could log in", authorized_keys.display()),
+                Some("add your public key to it, e.g.: cat ~/.ssh/id_ed25519.pub >> ~/.ssh/authorized_keys"),
+            ));
+        }
+        let state = state_dir();
+        let key_path = state.join("dev_host_ed25519_key");
+        host_key(&key_path)?;
+        let text = format!(
+            r#"
+listen = ["127.0.0.1:2222"]
+host_keys = [{key:?}]
+[[auth]]
+type = "file"
+file = {ak:?}
+logins = [{login:?}]
+[[allow]]
+principals = ["*"]
+to = ["127.0.0.1:22", "[::1]:22"]
+[audit]
+dir = {audit:?}
+stdout = false
+"#,
+            key = key_path.display().to_string(),
+            ak = authorized_keys.display().to_string(),
+            login = login,
+            audit = state.join("audit").display().to_string(),
+        );
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| problem("--dev", e.to_string(), None))?;
+        let cfg = config::from_table(table, "dev mode defaults", std::env::vars(), overrides)?;
+        Ok((
+            cfg,
+            Some(DevInfo {
+                login,
+                authorized_keys,
+                host_key: key_path,
+            }),
+        ))
+    }
+}

@@ -1,0 +1,394 @@
+//! Key sources: "which keys may log in as this login, and who is that".
+//!
+//! Asked only by the monitor, only after the worker has verified that the
+//! client holds the private key, and only about that one login: never "all
+//! users". Sources are tried in the configured order; the first that
+//! authorises the key wins.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::AsyncReadExt;
+
+use crate::authkeys::{parse_authorized_keys, KeyOptions, PublicKeyBlob};
+use crate::config::AuthSource;
+
+/// Output of an AuthorizedKeysCommand beyond this is an error, not a key list.
+const MAX_COMMAND_OUTPUT: usize = 1024 * 1024;
+
+/// A key source that authorised a key.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    /// The principal: for these sources the login itself.
+    pub user: String,
+    /// Which source, for the audit trail: `file:/etc/bastion/users/alice`, `command:/usr/local/bin/keys`.
+    pub source: String,
+    /// The options of the matching authorized_keys line.
+    pub options: KeyOptions,
+}
+
+/// The answer for one (login, key).
+#[derive(Debug)]
+pub enum Lookup {
+    Authorized(Authorized),
+    /// `known_login`: some source had keys for this login (a wrong or
+    /// restricted key, rather than a login nobody knows).
+    Denied {
+        reason: String,
+        known_login: bool,
+    },
+}
+
+enum Source {
+    Dir(PathBuf),
+    File {
+        path: PathBuf,
+        logins: Vec<String>,
+    },
+    Command {
+        argv: Vec<String>,
+        uid: u32,
+        gid: u32,
+        timeout: Duration,
+    },
+}
+
+/// The configured key sources, in order.
+pub struct KeySources {
+    sources: Vec<Source>,
+}
+
+/// What one source said about a login.
+enum Answer {
+    /// The source has nothing for this login.
+    Unknown,
+    /// authorized_keys text for this login, and where it came from.
+    Keys {
+        text: String,
+        origin: String,
+    },
+    Failed(String),
+}
+
+impl KeySources {
+    /// Builds the sources; errors are (index in `[[auth]]`, key, message).
+    pub fn new(config: &[AuthSource]) -> Result<KeySources, Vec<(usize, &'static str, String)>> {
+        let mut sources = Vec::new();
+        let mut errors = Vec::new();
+        for (i, source) in config.iter().enumerate() {
+            match source {
+                AuthSource::File { dir: Some(dir), .. } => sources.push(Source::Dir(dir.clone())),
+                AuthSource::File {
+                    file: Some(path),
+                    logins,
+                    ..
+                } => sources.push(Source::File {
+                    path: path.clone(),
+                    logins: logins.clone(),
+                }),
+                AuthSource::File { .. } => {
+                    errors.push((i, "dir", "a file source needs `dir` or `file`".to_string()))
+                }
+                AuthSource::Command {
+                    command,
+                    run_as,
+                    timeout,
+                } => {
+                    let argv: Vec<String> =
+                        command.split_whitespace().map(str::to_string).collect();
+                    match nix::unistd::User::from_name(run_as) {
+                        Ok(Some(user)) => sources.push(Source::Command {
+                            argv,
+                            uid: user.uid.as_raw(),
+                            gid: user.gid.as_raw(),
+                            timeout: *timeout,
+                        }),
+                        Ok(None) => errors.push((
+                            i,
+                            "run_as",
+                            format!("no such user {run_as:?} on this system"),
+                        )),
+                        Err(e) => {
+                            errors.push((i, "run_as", format!("looking up user {run_as:?}: {e}")))
+                        }
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(KeySources { sources })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// One line per source, for the start-up announcement.
+    pub fn describe(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .map(|s| match s {
+                Source::Dir(d) => format!("file: {}/<login>", d.display()),
+                Source::File { path, logins } => {
+                    format!("file: {} for {}", path.display(), logins.join(", "))
+                }
+                Source::Command { argv, .. } => format!("command: {}", argv.join(" ")),
+            })
+            .collect()
+    }
+
+    /// Decides whether `key` may log in as `login` from `peer`.
+    pub async fn authorize(&self, login: &str, key: &PublicKeyBlob, peer: IpAddr) -> Lookup {
+        let fingerprint = key.fingerprint();
+        let mut known_login = false;
+        let mut reasons: Vec<String> = Vec::new();
+        for source in &self.sources {
+            let (text, origin) = match source.keys_for(login, key, &fingerprint).await {
+                Answer::Unknown => continue,
+                Answer::Failed(why) => {
+                    tracing::warn!(login, error = %why, "key source failed");
+                    reasons.push(why);
+                    continue;
+                }
+                Answer::Keys { text, origin } => (text, origin),
+            };
+            let parsed = parse_authorized_keys(&text);
+            for bad in &parsed.errors {
+                tracing::warn!(origin = %origin, line = bad.line, error = %bad.error, "skipping authorized_keys line");
+            }
+            if !parsed.keys.is_empty() {
+                known_login = true;
+            }
+            for entry in parsed.keys.iter().filter(|e| e.key.blob == key.blob) {
+                if entry.options.expired(SystemTime::now()) {
+                    let when = entry
+                        .options
+                        .expiry
+                        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                        .unwrap_or_default();
+                    reasons.push(format!(
+                        "key {fingerprint} expired at {when} ({origin} line {})",
+                        entry.line
+                    ));
+                    continue;
+                }
+                if !entry.options.from_allows(peer) {
+                    reasons.push(format!(
+                        "the key's from=\"{}\" restriction does not allow {peer} ({origin} line {})",
+                        entry.options.from.as_deref().unwrap_or(""),
+                        entry.line
+                    ));
+                    continue;
+                }
+                return Lookup::Authorized(Authorized {
+                    user: login.to_string(),
+                    source: origin,
+                    options: entry.options.clone(),
+                });
+            }
+        }
+        let reason = if !reasons.is_empty() {
+            reasons.join("; ")
+        } else if known_login {
+            format!("key {fingerprint} is not authorized for {login}")
+        } else {
+            format!("no key source knows the login {login}")
+        };
+        Lookup::Denied {
+            reason,
+            known_login: known_login || !reasons.is_empty(),
+        }
+    }
+}
+
+impl Source {
+    async fn keys_for(&self, login: &str, key: &PublicKeyBlob, fingerprint: &str) -> Answer {
+        match self {
+            Source::Dir(dir) => read_keys_file(dir.join(login)).await,
+            Source::File { path, logins } => {
+                if logins.iter().any(|l| l == "*" || l == login) {
+                    read_keys_file(path.clone()).await
+                } else {
+                    Answer::Unknown
+                }
+            }
+            Source::Command {
+                argv,
+                uid,
+                gid,
+                timeout,
+            } => run_command(argv, *uid, *gid, *timeout, login, key, fingerprint).await,
+        }
+    }
+}
+
+async fn read_keys_file(path: PathBuf) -> Answer {
+    match tokio::fs::read_to_string(&path).await {
+        Ok(text) => Answer::Keys {
+            text,
+            origin: format!("file:{}", path.display()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Answer::Unknown,
+        Err(e) => Answer::Failed(format!("reading {}: {e}", path.display())),
+    }
+}
+
+/// Expands OpenSSH AuthorizedKeysCommand tokens in one argument.
+pub fn expand_tokens(arg: &str, login: &str, key: &PublicKeyBlob, fingerprint: &str) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut chars = arg.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('u') => out.push_str(login),
+            Some('f') => out.push_str(fingerprint),
+            Some('k') => out.push_str(key.to_openssh().split_whitespace().nth(1).unwrap_or("")),
+            Some('t') => out.push_str(&key.algo),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+async fn run_command(
+    argv: &[String],
+    uid: u32,
+    gid: u32,
+    timeout: Duration,
+    login: &str,
+    key: &PublicKeyBlob,
+    fingerprint: &str,
+) -> Answer {
+    let Some((program, args)) = argv.split_first() else {
+        return Answer::Failed("empty command".into());
+    };
+    let origin = format!("command:{program}");
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(
+        args.iter()
+            .map(|a| expand_tokens(a, login, key, fingerprint)),
+    )
+    .env_clear()
+    .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+    .uid(uid)
+    .gid(gid)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Answer::Failed(format!("{origin}: cannot start: {e}")),
+    };
+    let Some(stdout) = child.stdout.take() else {
+        return Answer::Failed(format!("{origin}: no stdout"));
+    };
+    let work = async {
+        let mut out = Vec::new();
+        let read = stdout
+            .take(MAX_COMMAND_OUTPUT as u64 + 1)
+            .read_to_end(&mut out)
+            .await;
+        let status = child.wait().await;
+        (read, status, out)
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Err(_) => Answer::Failed(format!(
+            "{origin}: timed out after {}",
+            humantime::format_duration(timeout)
+        )),
+        Ok((Err(e), _, _)) => Answer::Failed(format!("{origin}: reading its output: {e}")),
+        Ok((_, Err(e), _)) => Answer::Failed(format!("{origin}: {e}")),
+        Ok((Ok(_), Ok(status), out)) => {
+            if !status.success() {
+                Answer::Failed(format!("{origin}: exited with {status}"))
+            } else if out.len() > MAX_COMMAND_OUTPUT {
+                Answer::Failed(format!(
+                    "{origin}: printed more than {MAX_COMMAND_OUTPUT} bytes"
+                ))
+            } else if out.iter().all(|b| b.is_ascii_whitespace()) {
+                Answer::Unknown
+            } else {
+                Answer::Keys {
+                    text: String::from_utf8_lossy(&out).into_owned(),
+                    origin,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIrvfN7B7bWkTt3WJoN7kmqjxj0YGhMRwDbyUuMWEfuV test";
+
+    #[test]
+    fn tokens_expand_like_openssh() {
+        let key = PublicKeyBlob::from_openssh(KEY).unwrap();
+        let got = expand_tokens("%u:%t:%f:%%:%x:%", "alice", &key, "SHA256:abc");
+        assert_eq!(got, "alice:ssh-ed25519:SHA256:abc:%:%x:%");
+        assert_eq!(
+            expand_tokens("%k", "a", &key, ""),
+            "AAAAC3NzaC1lZDI1NTE5AAAAIIrvfN7B7bWkTt3WJoN7kmqjxj0YGhMRwDbyUuMWEfuV"
+        );
+    }
+
+    #[tokio::test]
+    async fn dir_source_authorizes_and_explains() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("alice"),
+            format!("{KEY}\nexpiry-time=\"20200101\" {KEY}\n"),
+        )
+        .unwrap();
+        let sources = KeySources::new(&[AuthSource::File {
+            dir: Some(dir.path().into()),
+            file: None,
+            logins: vec![],
+        }])
+        .unwrap();
+        let key = PublicKeyBlob::from_openssh(KEY).unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(matches!(
+            sources.authorize("alice", &key, ip).await,
+            Lookup::Authorized(_)
+        ));
+        match sources.authorize("bob", &key, ip).await {
+            Lookup::Denied {
+                reason,
+                known_login,
+            } => {
+                assert!(!known_login);
+                assert!(reason.contains("no key source knows"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(
+            dir.path().join("carol"),
+            format!("expiry-time=\"20200101\" {KEY}\n"),
+        )
+        .unwrap();
+        match sources.authorize("carol", &key, ip).await {
+            Lookup::Denied {
+                reason,
+                known_login,
+            } => {
+                assert!(known_login);
+                assert!(reason.contains("expired"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

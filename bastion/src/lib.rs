@@ -1,0 +1,21 @@
+//! bastion: a stateless, sandboxed SSH bastion for AWS.
+//!
+//! The process model (see `docs/SECURITY.md` and `../shared/DESIGN.md`): a
+//! privileged monitor ([`monitor`]) accepts connections and starts one
+//! sandboxed worker ([`worker`], [`sandbox`]) per connection; the worker
+//! speaks SSH and asks the monitor ([`ipc`]) for every decision: keys
+//! ([`keysource`], [`authkeys`]), onward connections ([`policy`]), and the
+//! monitor records everything ([`audit`]).
+#![deny(unsafe_code)]
+
+pub mod audit;
+pub mod authkeys;
+pub mod cli;
+pub mod config;
+pub mod ipc;
+pub mod keysource;
+pub mod logging;
+pub mod monitor;
+pub mod policy;
+pub mod sandbox;
+pub mod worker;

@@ -1,0 +1,794 @@
+//! Forwarding policy: may this principal open a TCP connection to
+//! `host:port`, and to which address?
+//!
+//! Deny by default. The monitor resolves names itself and passes every
+//! resolved address in; the address returned in [`Decision::Allow`] is the
+//! one it connects to, so the checked address is the connected address.
+//!
+//! Protected addresses (loopback, link-local — which includes the instance
+//! metadata service 169.254.169.254 —, multicast, unspecified/broadcast and
+//! the bastion's own addresses) are never matched by a name rule, a wildcard
+//! or a wider CIDR: only by a rule whose own network lies inside the
+//! protected range (for own addresses: names exactly that address).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+
+use ipnet::IpNet;
+
+/// A problem in one `[[allow]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("empty principal")]
+    EmptyPrincipal,
+    #[error("\"group:\" needs a group name")]
+    EmptyGroup,
+    #[error("empty target")]
+    EmptyTarget,
+    #[error("empty host in {0:?}")]
+    EmptyHost(String),
+    #[error("port {port:?} is not a number between 1 and 65535 in {target:?}")]
+    BadPort { target: String, port: String },
+    #[error("port range {lo}-{hi} is reversed in {target:?}")]
+    ReversedRange { target: String, lo: u16, hi: u16 },
+    #[error("CIDR {cidr:?} is invalid in {target:?}: {why}")]
+    BadCidr {
+        target: String,
+        cidr: String,
+        why: String,
+    },
+    #[error("{host:?} is not an IP address, CIDR or DNS name (in {target:?})")]
+    BadHost { target: String, host: String },
+    #[error("an IPv6 address with a port must be in brackets, like [::1]:22 (in {0:?})")]
+    Unbracketed(String),
+}
+
+/// Where in a rule a problem was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleProblem {
+    /// `principals` or `to`.
+    pub list: &'static str,
+    pub index: usize,
+    pub error: PolicyError,
+}
+
+impl RuleProblem {
+    /// The key path inside the rule, like `to[2]`.
+    pub fn key(&self) -> String {
+        format!("{}[{}]", self.list, self.index)
+    }
+}
+
+impl fmt::Display for RuleProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// Who a rule applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// `*`: anyone authenticated.
+    Any,
+    /// A login, compared exactly.
+    Login(String),
+    /// `group:NAME`: members of a group (IAM groups, later).
+    Group(String),
+}
+
+impl FromStr for Principal {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(PolicyError::EmptyPrincipal);
+        }
+        if s == "*" {
+            return Ok(Principal::Any);
+        }
+        if let Some(g) = s.strip_prefix("group:") {
+            if g.is_empty() {
+                return Err(PolicyError::EmptyGroup);
+            }
+            return Ok(Principal::Group(g.to_string()));
+        }
+        Ok(Principal::Login(s.to_string()))
+    }
+}
+
+/// The host part of a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Net(IpNet),
+    /// Lowercase, no trailing dot, may contain `*`.
+    Name(String),
+}
+
+/// One `to` entry: `HOST[:PORT|:LO-HI]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: HostPattern,
+    pub lo: u16,
+    pub hi: u16,
+    /// As written in the configuration, for reasons in the audit trail.
+    pub text: String,
+}
+
+fn parse_port(target: &str, p: &str) -> Result<u16, PolicyError> {
+    match p.parse::<u16>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(PolicyError::BadPort {
+            target: target.into(),
+            port: p.into(),
+        }),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '*')
+        })
+}
+
+fn parse_host(target: &str, host: &str) -> Result<HostPattern, PolicyError> {
+    if host.is_empty() {
+        return Err(PolicyError::EmptyHost(target.into()));
+    }
+    if host.contains('/') {
+        return match host.parse::<IpNet>() {
+            Ok(net) => Ok(HostPattern::Net(canonical_net(net))),
+            Err(e) => Err(PolicyError::BadCidr {
+                target: target.into(),
+                cidr: host.into(),
+                why: e.to_string(),
+            }),
+        };
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        let ip = canonical_ip(ip);
+        return Ok(HostPattern::Net(IpNet::from(ip)));
+    }
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    if valid_name(&name) && !name.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        Ok(HostPattern::Name(name))
+    } else {
+        Err(PolicyError::BadHost {
+            target: target.into(),
+            host: host.into(),
+        })
+    }
+}
+
+impl FromStr for Target {
+    type Err = PolicyError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let t = text.trim();
+        if t.is_empty() {
+            return Err(PolicyError::EmptyTarget);
+        }
+        // Split HOST from the optional port part.
+        let (host, port): (&str, Option<&str>) = if let Some(rest) = t.strip_prefix('[') {
+            let Some(close) = rest.find(']') else {
+                return Err(PolicyError::BadHost {
+                    target: t.into(),
+                    host: t.into(),
+                });
+            };
+            let host = &rest[..close];
+            match &rest[close + 1..] {
+                "" => (host, None),
+                p if p.starts_with(':') => (host, Some(&p[1..])),
+                _ => {
+                    return Err(PolicyError::BadHost {
+                        target: t.into(),
+                        host: t.into(),
+                    })
+                }
+            }
+        } else if t.matches(':').count() > 1 {
+            // Bare IPv6 (or CIDR) without a port.
+            if t.parse::<IpAddr>().is_ok() || t.parse::<IpNet>().is_ok() {
+                (t, None)
+            } else {
+                return Err(PolicyError::Unbracketed(t.into()));
+            }
+        } else {
+            match t.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (t, None),
+            }
+        };
+        let host = parse_host(t, host)?;
+        let (lo, hi) = match port {
+            None => (1, 65535),
+            Some(p) => match p.split_once('-') {
+                Some((a, b)) => {
+                    let (lo, hi) = (parse_port(t, a)?, parse_port(t, b)?);
+                    if lo > hi {
+                        return Err(PolicyError::ReversedRange {
+                            target: t.into(),
+                            lo,
+                            hi,
+                        });
+                    }
+                    (lo, hi)
+                }
+                None => {
+                    let n = parse_port(t, p)?;
+                    (n, n)
+                }
+            },
+        };
+        Ok(Target {
+            host,
+            lo,
+            hi,
+            text: t.to_string(),
+        })
+    }
+}
+
+/// One `[[allow]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub principals: Vec<Principal>,
+    pub to: Vec<Target>,
+}
+
+impl Rule {
+    /// Parses a rule, collecting every problem.
+    pub fn parse(principals: &[String], to: &[String]) -> Result<Rule, Vec<RuleProblem>> {
+        let mut problems = Vec::new();
+        let mut rule = Rule {
+            principals: Vec::new(),
+            to: Vec::new(),
+        };
+        for (index, p) in principals.iter().enumerate() {
+            match p.parse() {
+                Ok(p) => rule.principals.push(p),
+                Err(error) => problems.push(RuleProblem {
+                    list: "principals",
+                    index,
+                    error,
+                }),
+            }
+        }
+        for (index, t) in to.iter().enumerate() {
+            match t.parse() {
+                Ok(t) => rule.to.push(t),
+                Err(error) => problems.push(RuleProblem {
+                    list: "to",
+                    index,
+                    error,
+                }),
+            }
+        }
+        if problems.is_empty() {
+            Ok(rule)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Who is asking.
+pub struct Subject<'a> {
+    pub login: &'a str,
+    pub groups: &'a [String],
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow {
+        addr: SocketAddr,
+        rule: usize,
+        reason: String,
+    },
+    Deny {
+        reason: String,
+    },
+}
+
+/// Why an address is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protected {
+    Loopback,
+    LinkLocal,
+    Multicast,
+    Unspecified,
+    Own,
+}
+
+impl Protected {
+    fn describe(self) -> &'static str {
+        match self {
+            Protected::Loopback => "a loopback address",
+            Protected::LinkLocal => {
+                "a link-local address (this includes the instance metadata service)"
+            }
+            Protected::Multicast => "a multicast address",
+            Protected::Unspecified => "an unspecified or broadcast address",
+            Protected::Own => "one of the bastion's own addresses",
+        }
+    }
+}
+
+fn net(s: &str) -> IpNet {
+    // Fixed, valid literals.
+    s.parse()
+        .unwrap_or_else(|_| IpNet::from(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
+}
+
+/// The protected ranges, each with its category.
+fn protected_ranges() -> [(IpNet, Protected); 10] {
+    [
+        (net("127.0.0.0/8"), Protected::Loopback),
+        (net("::1/128"), Protected::Loopback),
+        (net("169.254.0.0/16"), Protected::LinkLocal),
+        (net("fe80::/10"), Protected::LinkLocal),
+        (net("224.0.0.0/4"), Protected::Multicast),
+        (net("ff00::/8"), Protected::Multicast),
+        (net("0.0.0.0/8"), Protected::Unspecified),
+        (net("::/128"), Protected::Unspecified),
+        (net("255.255.255.255/32"), Protected::Unspecified),
+        // fd00:ec2::254 is the IPv6 instance metadata endpoint on Nitro instances.
+        (net("fd00:ec2::254/128"), Protected::LinkLocal),
+    ]
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+fn canonical_net(n: IpNet) -> IpNet {
+    match n {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).unwrap_or(n),
+            None => n,
+        },
+        other => other.trunc(),
+    }
+}
+
+/// Glob match with `*` (any run of characters), case already folded.
+fn glob(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// The forwarding policy.
+pub struct Policy {
+    rules: Vec<Rule>,
+    own: Vec<IpAddr>,
+}
+
+impl Policy {
+    pub fn new(rules: Vec<Rule>, own_addrs: Vec<IpAddr>) -> Policy {
+        Policy {
+            rules,
+            own: own_addrs.into_iter().map(canonical_ip).collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Parses an IP literal as a client sends it (`10.0.0.1`, `::1`, `[::1]`, `::ffff:127.0.0.1`), canonicalised.
+    pub fn ip_literal(host: &str) -> Option<IpAddr> {
+        let h = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        h.parse::<IpAddr>().ok().map(canonical_ip)
+    }
+
+    fn protection(&self, ip: IpAddr) -> Option<(Protected, IpNet)> {
+        if self.own.contains(&ip) {
+            // Own addresses that are also loopback etc. are reported as such.
+            if let Some(hit) = protected_ranges()
+                .into_iter()
+                .find(|(n, _)| n.contains(&ip))
+            {
+                return Some((hit.1, hit.0));
+            }
+            return Some((Protected::Own, IpNet::from(ip)));
+        }
+        protected_ranges()
+            .into_iter()
+            .find(|(n, _)| n.contains(&ip))
+            .map(|(n, p)| (p, n))
+    }
+
+    fn applies(rule: &Rule, subject: &Subject) -> bool {
+        rule.principals.iter().any(|p| match p {
+            Principal::Any => true,
+            Principal::Login(l) => l == subject.login,
+            Principal::Group(g) => subject.groups.iter().any(|x| x == g),
+        })
+    }
+
+    /// Decides a request for `requested_host:port` whose candidate addresses are `resolved`.
+    pub fn decide(
+        &self,
+        subject: &Subject,
+        requested_host: &str,
+        port: u16,
+        resolved: &[IpAddr],
+    ) -> Decision {
+        let applicable: Vec<(usize, &Rule)> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| Self::applies(r, subject))
+            .collect();
+        if applicable.is_empty() {
+            return Decision::Deny {
+                reason: format!("no forwarding rule applies to {}", subject.login),
+            };
+        }
+        if resolved.is_empty() {
+            return Decision::Deny {
+                reason: format!("{requested_host} did not resolve to any address"),
+            };
+        }
+        let literal = Self::ip_literal(requested_host).is_some();
+        let name = requested_host.trim_end_matches('.').to_ascii_lowercase();
+        let mut protected_reason: Option<String> = None;
+        for &raw in resolved {
+            let ip = canonical_ip(raw);
+            let protection = self.protection(ip);
+            for &(index, rule) in &applicable {
+                for t in rule.to.iter().filter(|t| (t.lo..=t.hi).contains(&port)) {
+                    let ok = match (&t.host, protection) {
+                        (HostPattern::Net(n), None) => n.contains(&ip),
+                        (HostPattern::Net(n), Some((Protected::Own, _))) => *n == IpNet::from(ip),
+                        (HostPattern::Net(n), Some((_, range))) => {
+                            n.contains(&ip) && range.contains(n)
+                        }
+                        (HostPattern::Name(p), None) => !literal && glob(p, &name),
+                        (HostPattern::Name(_), Some(_)) => false,
+                    };
+                    if ok {
+                        return Decision::Allow {
+                            addr: SocketAddr::new(ip, port),
+                            rule: index,
+                            reason: format!("allowed by allow[{index}] ({})", t.text),
+                        };
+                    }
+                }
+            }
+            if let (Some((kind, _)), None) = (protection, &protected_reason) {
+                protected_reason = Some(format!(
+                    "{ip} is {}; only a rule that names it explicitly allows it",
+                    kind.describe()
+                ));
+            }
+        }
+        if let Some(reason) = protected_reason {
+            return Decision::Deny { reason };
+        }
+        let reason = if literal || resolved.len() == 1 {
+            let shown = if literal {
+                requested_host.to_string()
+            } else {
+                format!("{requested_host} ({})", resolved[0])
+            };
+            format!(
+                "no rule allows {} to reach {shown} on port {port}",
+                subject.login
+            )
+        } else {
+            let list: Vec<String> = resolved.iter().map(|a| a.to_string()).collect();
+            format!(
+                "none of the {} addresses {requested_host} resolved to ({}) is allowed for {} on port {port}",
+                resolved.len(),
+                list.join(", "),
+                subject.login
+            )
+        };
+        Decision::Deny { reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rules: &[(&[&str], &[&str])]) -> Policy {
+        let rules = rules
+            .iter()
+            .map(|(p, t)| {
+                let p: Vec<String> = p.iter().map(|s| s.to_string()).collect();
+                let t: Vec<String> = t.iter().map(|s| s.to_string()).collect();
+                Rule::parse(&p, &t).unwrap()
+            })
+            .collect();
+        Policy::new(rules, vec!["10.0.0.5".parse().unwrap()])
+    }
+
+    fn ask(p: &Policy, login: &str, host: &str, port: u16, resolved: &[&str]) -> Decision {
+        let ips: Vec<IpAddr> = resolved.iter().map(|s| s.parse().unwrap()).collect();
+        let groups = if login == "bob" {
+            vec!["ops".to_string()]
+        } else {
+            vec![]
+        };
+        p.decide(
+            &Subject {
+                login,
+                groups: &groups,
+            },
+            host,
+            port,
+            &ips,
+        )
+    }
+
+    fn allowed(d: &Decision) -> bool {
+        matches!(d, Decision::Allow { .. })
+    }
+
+    #[test]
+    fn grammar() {
+        let t: Target = "10.0.0.0/8:22".parse().unwrap();
+        assert_eq!((t.lo, t.hi), (22, 22));
+        let t: Target = "10.1.2.3:8000-8100".parse().unwrap();
+        assert_eq!((t.lo, t.hi), (8000, 8100));
+        let t: Target = "db.internal".parse().unwrap();
+        assert_eq!(
+            (t.lo, t.hi, t.host),
+            (1, 65535, HostPattern::Name("db.internal".into()))
+        );
+        assert!(matches!(
+            "[::1]:22".parse::<Target>().unwrap().host,
+            HostPattern::Net(_)
+        ));
+        assert!(matches!(
+            "[fd00::/8]:22".parse::<Target>().unwrap().host,
+            HostPattern::Net(_)
+        ));
+        assert!(matches!(
+            "fd00::1".parse::<Target>().unwrap().host,
+            HostPattern::Net(_)
+        ));
+        assert_eq!(
+            "*.Internal.:22".parse::<Target>().unwrap().host,
+            HostPattern::Name("*.internal".into())
+        );
+        for bad in [
+            "",
+            ":22",
+            "10.0.0.0/33:22",
+            "host:0",
+            "host:70000",
+            "host:99-10",
+            "host:x",
+            "fd00::1:22x",
+            "bad host:22",
+            "[::1",
+            "1.2.3.4.5:22",
+        ] {
+            assert!(bad.parse::<Target>().is_err(), "{bad} should be rejected");
+        }
+        assert!(matches!(
+            "10.0.0.0/33:22".parse::<Target>(),
+            Err(PolicyError::BadCidr { .. })
+        ));
+        assert!(matches!(
+            "host:99-10".parse::<Target>(),
+            Err(PolicyError::ReversedRange { .. })
+        ));
+        assert_eq!("".parse::<Principal>(), Err(PolicyError::EmptyPrincipal));
+        assert_eq!("group:".parse::<Principal>(), Err(PolicyError::EmptyGroup));
+        let problems = Rule::parse(&["".into()], &["ok:22".into(), "x:0".into()]).unwrap_err();
+        assert_eq!(
+            problems.iter().map(|p| p.key()).collect::<Vec<_>>(),
+            vec!["principals[0]", "to[1]"]
+        );
+    }
+
+    #[test]
+    fn deny_by_default_and_principals() {
+        let p = policy(&[
+            (&["alice"], &["10.0.0.0/8:22"]),
+            (&["group:ops"], &["10.2.0.0/16:5432"]),
+        ]);
+        assert!(allowed(&ask(&p, "alice", "10.1.1.1", 22, &["10.1.1.1"])));
+        assert!(!allowed(&ask(&p, "alice", "10.1.1.1", 23, &["10.1.1.1"])));
+        assert!(
+            allowed(&ask(&p, "bob", "10.2.3.4", 5432, &["10.2.3.4"])),
+            "bob is in ops"
+        );
+        match ask(&p, "carol", "10.1.1.1", 22, &["10.1.1.1"]) {
+            Decision::Deny { reason } => assert!(
+                reason.contains("no forwarding rule applies to carol"),
+                "{reason}"
+            ),
+            d => panic!("{d:?}"),
+        }
+        let empty = policy(&[]);
+        assert!(!allowed(&ask(
+            &empty,
+            "alice",
+            "10.1.1.1",
+            22,
+            &["10.1.1.1"]
+        )));
+    }
+
+    #[test]
+    fn protected_ranges_need_explicit_rules() {
+        let wide = policy(&[(
+            &["*"],
+            &["0.0.0.0/0:22", "0.0.0.0/0:80", "*.internal:22", "[::/0]:22"],
+        )]);
+        for (host, port) in [
+            ("127.0.0.1", 22),
+            ("169.254.169.254", 80),
+            ("224.0.0.1", 22),
+            ("0.0.0.0", 22),
+            ("::1", 22),
+            ("::ffff:127.0.0.1", 22),
+            ("10.0.0.5", 22),
+        ] {
+            let d = ask(
+                &wide,
+                "a",
+                host,
+                port,
+                &[Policy::ip_literal(host).unwrap().to_string().as_str()],
+            );
+            assert!(!allowed(&d), "{host} must be denied by a wildcard");
+        }
+        match ask(&wide, "a", "169.254.169.254", 80, &["169.254.169.254"]) {
+            Decision::Deny { reason } => assert!(reason.contains("link-local"), "{reason}"),
+            d => panic!("{d:?}"),
+        }
+        match ask(&wide, "a", "127.0.0.1", 22, &["127.0.0.1"]) {
+            Decision::Deny { reason } => assert!(reason.contains("loopback"), "{reason}"),
+            d => panic!("{d:?}"),
+        }
+        let explicit = policy(&[(
+            &["*"],
+            &[
+                "127.0.0.1:22",
+                "169.254.169.254:80",
+                "127.0.0.0/8:2200-2300",
+                "10.0.0.5:22",
+            ],
+        )]);
+        assert!(allowed(&ask(
+            &explicit,
+            "a",
+            "127.0.0.1",
+            22,
+            &["127.0.0.1"]
+        )));
+        assert!(
+            allowed(&ask(&explicit, "a", "localhost", 22, &["127.0.0.1"])),
+            "a name resolving to an explicitly allowed address"
+        );
+        assert!(allowed(&ask(
+            &explicit,
+            "a",
+            "169.254.169.254",
+            80,
+            &["169.254.169.254"]
+        )));
+        assert!(allowed(&ask(
+            &explicit,
+            "a",
+            "127.9.9.9",
+            2222,
+            &["127.9.9.9"]
+        )));
+        assert!(
+            allowed(&ask(&explicit, "a", "10.0.0.5", 22, &["10.0.0.5"])),
+            "own address named exactly"
+        );
+        let own_wide = policy(&[(&["*"], &["10.0.0.0/8:22"])]);
+        match ask(&own_wide, "a", "10.0.0.5", 22, &["10.0.0.5"]) {
+            Decision::Deny { reason } => assert!(reason.contains("bastion's own"), "{reason}"),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn names_and_resolution() {
+        let p = policy(&[(&["*"], &["*.internal:22", "db.example.com:5432"])]);
+        assert!(allowed(&ask(&p, "a", "db.internal", 22, &["10.9.0.1"])));
+        assert!(allowed(&ask(&p, "a", "a.b.internal", 22, &["10.9.0.1"])));
+        assert!(!allowed(&ask(&p, "a", "internal", 22, &["10.9.0.1"])));
+        assert!(!allowed(&ask(&p, "a", "db.internalx", 22, &["10.9.0.1"])));
+        assert!(allowed(&ask(
+            &p,
+            "a",
+            "DB.Example.com.",
+            5432,
+            &["10.9.0.2"]
+        )));
+        match ask(&p, "a", "x.internal", 22, &["127.0.0.1", "10.0.0.9"]) {
+            Decision::Allow { addr, .. } => assert_eq!(
+                addr,
+                "10.0.0.9:22".parse().unwrap(),
+                "the loopback answer is skipped"
+            ),
+            d => panic!("{d:?}"),
+        }
+        match ask(&p, "a", "x.internal", 22, &["127.0.0.1"]) {
+            Decision::Deny { reason } => assert!(reason.contains("loopback"), "{reason}"),
+            d => panic!("{d:?}"),
+        }
+        match ask(&p, "a", "x.internal", 22, &[]) {
+            Decision::Deny { reason } => assert!(reason.contains("did not resolve"), "{reason}"),
+            d => panic!("{d:?}"),
+        }
+        match ask(&p, "a", "web.example.org", 22, &["10.1.0.1", "10.1.0.2"]) {
+            Decision::Deny { reason } => {
+                assert!(reason.contains("none of the 2 addresses"), "{reason}")
+            }
+            d => panic!("{d:?}"),
+        }
+        // An IP literal never matches a name rule, even if it "looks" like one.
+        assert!(!allowed(&ask(&p, "a", "10.9.0.1", 22, &["10.9.0.1"])));
+    }
+
+    #[test]
+    fn allow_names_the_rule() {
+        let p = policy(&[
+            (&["bob"], &["10.0.0.0/8:22"]),
+            (&["*"], &["10.1.0.0/16:22"]),
+        ]);
+        match ask(&p, "alice", "10.1.2.3", 22, &["10.1.2.3"]) {
+            Decision::Allow { rule, reason, .. } => {
+                assert_eq!(rule, 1);
+                assert!(reason.contains("allow[1] (10.1.0.0/16:22)"), "{reason}");
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn globbing() {
+        assert!(glob("*.internal", "db.internal"));
+        assert!(glob("web-*.prod.internal", "web-12.prod.internal"));
+        assert!(!glob("web-*.prod.internal", "db-12.prod.internal"));
+        assert!(glob("*", "anything"));
+        assert!(!glob("a*b", "ac"));
+    }
+}
