@@ -1,1087 +1,2082 @@
-//! Configuration: a TOML file, then `BASTION_…` environment variables
-//! (nested keys joined by `__`), then command-line flags, lowest precedence
-//! first. Unknown keys are errors. Every problem is collected and reported
-//! together, each naming its key and where the value came from; nothing
-//! binds before the configuration is valid.
+//! Bastion configuration.
 //!
-//! The merged TOML table is walked by hand (not serde-derived) so that one
-//! bad value does not hide the next.
+//! The configuration is assembled from three layers, lowest precedence first:
+//!
+//! 1. a TOML file (or an in-memory table standing for one, see [`from_table`]);
+//! 2. environment variables `BASTION_…`: the rest of the name, lowercased and split on `__`,
+//!    is the key path (`BASTION_LIMITS__MAX_STARTUPS=5` sets `limits.max_startups`);
+//! 3. command-line flags, passed in as [`Override`]s.
+//!
+//! Later layers replace earlier ones key by key: setting `BASTION_AUDIT__DIR` keeps the file's
+//! `audit.stdout`. Lists and the `[[auth]]` / `[[allow]]` arrays are replaced as a whole.
+//!
+//! Everything is validated before the bastion binds a socket, and every problem is reported at
+//! once, each with the key it concerns and where that key's value came from.
+//!
+//! The file format, with the defaults:
+//!
+//! ```toml
+//! listen    = ["0.0.0.0:22"]                         # "IP:PORT" or "[IPv6]:PORT"
+//! host_keys = ["/etc/bastion/ssh_host_ed25519_key"]  # required
+//!
+//! [[auth]]                       # where public keys come from, tried in order; at least one
+//! type = "file"
+//! dir  = "/etc/bastion/users"    # <dir>/<login> is that login's authorized_keys
+//!
+//! [[auth]]
+//! type   = "file"
+//! file   = "/home/alice/.ssh/authorized_keys"
+//! logins = ["alice"]             # "*" = any login
+//!
+//! [[auth]]
+//! type    = "command"            # like OpenSSH's AuthorizedKeysCommand
+//! command = "/usr/local/bin/keys %u %f"
+//! run_as  = "nobody"
+//! timeout = "10s"
+//!
+//! [[allow]]                      # forwarding policy; without any rule nothing may be forwarded
+//! principals = ["*"]
+//! to         = ["10.0.0.0/8:22"]
+//!
+//! [audit]
+//! dir    = "/var/log/bastion"
+//! stdout = false
+//!
+//! [sandbox]
+//! enabled      = true
+//! uid_base     = 2000000000
+//! uid_count    = 65536
+//! memory_limit = "1GiB"
+//! runtime_dir  = "/run/bastion"
+//!
+//! [limits]
+//! login_grace     = "20s"
+//! max_startups    = 64
+//! per_source      = 10
+//! max_sessions    = 1000
+//! connect_timeout = "10s"
+//! shutdown_grace  = "30s"
+//! ```
+//!
+//! Relative paths in the file are resolved against the file's directory; relative paths from
+//! the environment, from flags or from an in-memory table are resolved against the current
+//! directory.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::{Table, Value};
 
-/// Environment variables with the prefix that are not configuration keys.
+/// Prefix of the environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "BASTION_";
+
+/// Environment variables with the [`ENV_PREFIX`] that are not configuration keys and are ignored
+/// by [`load`] (`BASTION_LOG` sets the log filter, `BASTION_CONFIG` names the configuration file).
 pub const RESERVED_ENV: &[&str] = &["BASTION_LOG", "BASTION_CONFIG"];
 
+/// Where the packaged host key lives; used in hints.
+pub const DEFAULT_HOST_KEY: &str = "/etc/bastion/ssh_host_ed25519_key";
+
+const DEFAULT_LISTEN: &str = "0.0.0.0:22";
+const DEFAULT_AUDIT_DIR: &str = "/var/log/bastion";
+const DEFAULT_RUNTIME_DIR: &str = "/run/bastion";
+const DEFAULT_UID_BASE: u32 = 2_000_000_000;
+const DEFAULT_UID_COUNT: u32 = 65_536;
+const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
+const DEFAULT_RUN_AS: &str = "nobody";
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_LOGIN_GRACE: Duration = Duration::from_secs(20);
+const DEFAULT_MAX_STARTUPS: usize = 64;
+const DEFAULT_PER_SOURCE: usize = 10;
+const DEFAULT_MAX_SESSIONS: usize = 1000;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Highest uid a worker may run under: 4294967295 is `(uid_t)-1`, which means "no change".
+const MAX_UID: u64 = 4_294_967_294;
+/// Lowest `sandbox.uid_base`, to stay clear of system accounts.
+const MIN_UID_BASE: i64 = 1000;
+/// Upper bound for the connection counters in `[limits]`.
+const MAX_COUNT: i64 = 1_000_000;
+/// Smallest `sandbox.memory_limit`: below this a worker cannot even start.
+const MIN_MEMORY_LIMIT: u64 = 64 << 20;
+
+const HOST_KEY_HINT: &str = "create one with: ssh-keygen -t ed25519 -N '' -f /etc/bastion/ssh_host_ed25519_key";
+const AUTH_HINT: &str = "add a key source, e.g.:\n[[auth]]\ntype = \"file\"\ndir = \"/etc/bastion/users\"";
+const DURATION_HINT: &str = "write a duration such as \"20s\", \"1m 30s\" or \"500ms\"";
+const FILE_OR_DIR_HINT: &str =
+    "use dir for one authorized_keys file per login (<dir>/<login>), or file with logins for one shared file";
+
 /// The validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Addresses to accept SSH connections on.
+    /// Addresses to accept SSH connections on (`listen`, default `["0.0.0.0:22"]`).
     pub listen: Vec<SocketAddr>,
-    /// OpenSSH private host key files.
+    /// Host private key files (`host_keys`, required); each was a readable file when loaded.
     pub host_keys: Vec<PathBuf>,
-    /// Key sources, tried in order.
+    /// Where users' public keys come from (`[[auth]]`), tried in order; never empty.
     pub auth: Vec<AuthSource>,
-    /// Forwarding rules; none means no forwarding.
+    /// Forwarding rules (`[[allow]]`), in file order; empty means nothing may be forwarded.
     pub allow: Vec<AllowRule>,
+    /// The audit trail (`[audit]`).
     pub audit: Audit,
+    /// How workers are sandboxed (`[sandbox]`).
     pub sandbox: Sandbox,
+    /// Connection limits and timeouts (`[limits]`).
     pub limits: Limits,
-    /// Where each value came from.
+    /// Where each key's value came from, for reporting problems found after loading.
     pub origins: Origins,
 }
 
-/// One `[[auth]]` key source.
+/// One `[[auth]]` entry: a source of authorized keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthSource {
-    /// authorized_keys files: `<dir>/<login>`, or one `file` for `logins`.
+    /// `type = "file"`: `authorized_keys` files. Exactly one of `dir` and `file` is set.
     File {
+        /// `dir`: a directory holding one `authorized_keys` file per login, named after the login.
         dir: Option<PathBuf>,
+        /// `file`: one `authorized_keys` file, used for the logins in `logins`.
         file: Option<PathBuf>,
+        /// `logins`: the logins `file` applies to; `"*"` means any login. Empty with `dir`.
         logins: Vec<String>,
     },
-    /// An OpenSSH AuthorizedKeysCommand-compatible program.
+    /// `type = "command"`: a program compatible with OpenSSH's `AuthorizedKeysCommand`.
     Command {
+        /// `command`: absolute program path followed by arguments, as written; the tokens
+        /// `%u %f %k %t %%` are expanded when the command runs.
         command: String,
+        /// `run_as`: the user the command runs as (default `"nobody"`).
         run_as: String,
+        /// `timeout`: how long the command may run (default 10s).
         timeout: Duration,
     },
 }
 
-/// One `[[allow]]` rule, parsed further by `policy`.
+/// One `[[allow]]` forwarding rule, not yet parsed (the policy module parses and reports it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowRule {
+    /// `principals`: who the rule applies to; never empty.
     pub principals: Vec<String>,
+    /// `to`: where they may connect; never empty.
     pub to: Vec<String>,
-    /// `allow[N]`, for error messages.
+    /// The rule's key for error messages, e.g. `allow[0]`; pass it to [`Origins::of`].
     pub key: String,
 }
 
-/// `[audit]`.
+/// The `[audit]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Audit {
-    /// Per-user JSON-lines trails are written under this directory.
+    /// `dir`: directory the audit trail is written to (default `/var/log/bastion`).
     pub dir: PathBuf,
-    /// Also write every event as one JSON line on stdout.
+    /// `stdout`: also write audit records to standard output (default false).
     pub stdout: bool,
 }
 
-/// `[sandbox]`.
+/// The `[sandbox]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sandbox {
-    /// false only by explicit choice, announced loudly.
+    /// `enabled`: run each connection in a sandboxed worker (default true).
     pub enabled: bool,
-    /// Workers run as uids `uid_base .. uid_base + uid_count`.
+    /// `uid_base`: first uid of the range workers run under (default 2000000000, at least 1000).
     pub uid_base: u32,
+    /// `uid_count`: number of uids in the range (default 65536, at least 1);
+    /// `uid_base + uid_count` is at most 4294967294.
     pub uid_count: u32,
-    /// Address-space limit per worker, bytes.
+    /// `memory_limit`: address-space limit per worker in bytes (default 1GiB, at least 64MiB).
+    /// Written as a size such as `"512MiB"` (units B, KiB, MiB, GiB) or a number of bytes.
     pub memory_limit: u64,
-    /// Where the empty mount point for workers' roots is created.
+    /// `runtime_dir`: absolute path of the directory for runtime state (default `/run/bastion`).
     pub runtime_dir: PathBuf,
 }
 
-/// `[limits]`: admission control and timeouts.
+/// The `[limits]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Unauthenticated connection deadline.
+    /// `login_grace`: how long a connection may stay unauthenticated (default 20s, > 0).
     pub login_grace: Duration,
-    /// Concurrent unauthenticated connections.
+    /// `max_startups`: concurrent unauthenticated connections (default 64, 1 to 1000000).
     pub max_startups: usize,
-    /// Concurrent unauthenticated connections per source address.
+    /// `per_source`: concurrent unauthenticated connections per source address
+    /// (default 10, at least 1 and at most `max_startups`).
     pub per_source: usize,
-    /// Concurrent connections in total.
+    /// `max_sessions`: concurrent connections in total (default 1000, 1 to 1000000).
     pub max_sessions: usize,
-    /// Onward connection timeout.
+    /// `connect_timeout`: timeout for onward connections (default 10s, > 0).
     pub connect_timeout: Duration,
-    /// How long SIGTERM lets live sessions run.
+    /// `shutdown_grace`: how long live sessions may continue after SIGTERM (default 30s).
     pub shutdown_grace: Duration,
 }
 
-/// Where each key's value came from.
-#[derive(Debug, Clone, Default)]
+/// Where each key's value came from, so that problems found later (e.g. while parsing
+/// `allow[1].to[2]`) can name the file, environment variable or flag responsible.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Origins {
-    map: HashMap<String, String>,
-    default_source: String,
+    map: BTreeMap<String, Origin>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    source: String,
+    from_file: bool,
 }
 
 impl Origins {
-    /// The source of `key` (a dotted path; array entries as `auth[1]`), or of
-    /// its closest parent, or "default".
+    /// The source of `key` (dotted, with indices: `limits.per_source`, `allow[1].to[2]`): the
+    /// file path (e.g. `/etc/bastion.toml`), `environment variable BASTION_LISTEN`, the flag
+    /// (e.g. `flag --listen`), or `default` when nothing set it. A key inside a list or array of
+    /// tables has the source of the whole list.
+    #[must_use]
     pub fn of(&self, key: &str) -> String {
-        let mut k = key.to_string();
+        self.find(key).map_or_else(|| "default".to_string(), |o| o.source.clone())
+    }
+
+    /// Whether `key` (or the list or table it belongs to) was set explicitly rather than left
+    /// at its default.
+    #[must_use]
+    pub fn is_set(&self, key: &str) -> bool {
+        self.find(key).is_some()
+    }
+
+    fn find(&self, key: &str) -> Option<&Origin> {
+        let mut k = key;
         loop {
-            if let Some(s) = self.map.get(&k) {
-                return s.clone();
+            if let Some(o) = self.map.get(k) {
+                return Some(o);
             }
-            match k.rfind(['.', '[']) {
-                Some(i) => k.truncate(i),
-                None => return self.default_source.clone(),
-            }
+            k = &k[..k.rfind(['.', '['])?];
         }
     }
 
-    fn record(&mut self, key: &str, source: &str) {
-        self.map.insert(key.to_string(), source.to_string());
+    fn is_from_file(&self, key: &str) -> bool {
+        self.find(key).is_some_and(|o| o.from_file)
+    }
+
+    fn set(&mut self, key: String, source: &str, from_file: bool) {
+        let dotted = format!("{key}.");
+        let indexed = format!("{key}[");
+        self.map.retain(|k, _| !k.starts_with(&dotted) && !k.starts_with(&indexed));
+        self.map.insert(key, Origin { source: source.to_string(), from_file });
     }
 }
 
 /// One configuration problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The key concerned, dotted with indices (`auth[1].command`); empty for problems with the
+    /// file as a whole (unreadable, invalid TOML).
     pub key: String,
+    /// Where the offending value came from: the file path, `environment variable BASTION_…`,
+    /// the flag, or `default`/`configuration` for values nobody set.
     pub source: String,
+    /// What is wrong.
     pub message: String,
+    /// How to fix it, if there is something useful to say; not part of `Display`.
     pub hint: Option<String>,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.source, self.key, self.message)
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.source, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.source, self.key, self.message)
+        }
     }
 }
 
-/// A value set on the command line.
-#[derive(Debug, Clone)]
+impl std::error::Error for ConfigError {}
+
+/// A value set on the command line, applied after the file and the environment.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Override {
-    /// Dotted key path.
+    /// Dotted key path, e.g. `listen` or `audit.dir`.
     pub key: String,
+    /// The value, as it would appear in the file; for a list of strings a single string is
+    /// split on commas.
     pub value: Value,
-    /// e.g. "flag --listen".
+    /// Names the flag in error messages, e.g. `flag --listen`.
     pub source: String,
 }
 
-const TOP: &[&str] = &[
-    "listen",
-    "host_keys",
-    "auth",
-    "allow",
-    "audit",
-    "sandbox",
-    "limits",
-];
-const AUTH: &[&str] = &[
-    "type", "dir", "file", "logins", "command", "run_as", "timeout",
-];
-const ALLOW: &[&str] = &["principals", "to"];
-const AUDIT: &[&str] = &["dir", "stdout"];
-const SANDBOX: &[&str] = &[
-    "enabled",
-    "uid_base",
-    "uid_count",
-    "memory_limit",
-    "runtime_dir",
-];
-const LIMITS: &[&str] = &[
-    "login_grace",
-    "max_startups",
-    "per_source",
-    "max_sessions",
-    "connect_timeout",
-    "shutdown_grace",
-];
-/// Keys holding lists of strings, which env vars may give as `a,b`.
-const STRING_LISTS: &[&str] = &["listen", "host_keys"];
-
 /// Loads and validates the configuration.
+///
+/// `file` `None` means no file: defaults, then `env`, then `overrides`. `env` is typically
+/// `std::env::vars()`; variables without the [`ENV_PREFIX`] and those in [`RESERVED_ENV`] are
+/// ignored. A file that cannot be read or is not valid TOML yields a single error naming the
+/// file (with the line and column); otherwise every problem is collected and returned together.
+///
+/// # Errors
+///
+/// Every configuration problem found, each naming its key and where the value came from.
 pub fn load(
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     overrides: Vec<Override>,
 ) -> Result<Config, Vec<ConfigError>> {
     let Some(path) = file else {
-        return build(Table::new(), "default", None, env, overrides);
+        return build(Table::new(), None, "configuration", None, env, overrides);
     };
     let source = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![ConfigError {
-            key: "-".into(),
+            key: String::new(),
             source: source.clone(),
             message: format!("cannot read the configuration file: {e}"),
             hint: None,
         }]
     })?;
-    let table: Table = toml::from_str(&text).map_err(|e| {
-        vec![ConfigError {
-            key: "-".into(),
-            source: source.clone(),
-            message: format!("not valid TOML: {}", e.to_string().trim()),
-            hint: None,
-        }]
-    })?;
-    let base = path.parent().map(|p| {
-        if p.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            p.to_path_buf()
-        }
-    });
-    build(table, &source, base, env, overrides)
+    let table = parse_file(&text)
+        .map_err(|message| vec![ConfigError { key: String::new(), source: source.clone(), message, hint: None }])?;
+    let dir = path.parent().unwrap_or_else(|| Path::new(""));
+    build(table, Some(&source), &source, Some(dir), env, overrides)
 }
 
-/// Like [`load`], from a table standing for a file named `source`.
+/// Like [`load`], but from an in-memory table standing for the file, for callers that build a
+/// configuration themselves (e.g. a development mode). `source` names the table in error
+/// messages; relative paths in it are resolved against the current directory.
+///
+/// # Errors
+///
+/// Every configuration problem found, as for [`load`].
 pub fn from_table(
     table: Table,
     source: &str,
     env: impl IntoIterator<Item = (String, String)>,
     overrides: Vec<Override>,
 ) -> Result<Config, Vec<ConfigError>> {
-    build(table, source, None, env, overrides)
+    build(table, Some(source), source, None, env, overrides)
 }
 
-fn record_all(origins: &mut Origins, prefix: &str, v: &Value, source: &str) {
-    origins.record(prefix, source);
-    match v {
-        Value::Table(t) => {
-            for (k, v) in t {
-                record_all(origins, &format!("{prefix}.{k}"), v, source);
-            }
+impl Config {
+    /// The built-in defaults as a table in the file's format. `host_keys` and `auth` have no
+    /// default and are absent.
+    #[must_use]
+    pub fn defaults_table() -> Table {
+        fn table(entries: Vec<(&str, Value)>) -> Value {
+            Value::Table(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
         }
-        Value::Array(a) => {
-            for (i, v) in a.iter().enumerate() {
-                if v.is_table() {
-                    record_all(origins, &format!("{prefix}[{i}]"), v, source);
+        fn text(s: &str) -> Value {
+            Value::String(s.to_string())
+        }
+        fn duration(d: Duration) -> Value {
+            Value::String(humantime::format_duration(d).to_string())
+        }
+        fn int(n: impl Into<i64>) -> Value {
+            Value::Integer(n.into())
+        }
+        let count = |n: usize| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+        let mut t = Table::new();
+        t.insert("listen".into(), Value::Array(vec![text(DEFAULT_LISTEN)]));
+        t.insert("audit".into(), table(vec![("dir", text(DEFAULT_AUDIT_DIR)), ("stdout", Value::Boolean(false))]));
+        t.insert(
+            "sandbox".into(),
+            table(vec![
+                ("enabled", Value::Boolean(true)),
+                ("uid_base", int(DEFAULT_UID_BASE)),
+                ("uid_count", int(DEFAULT_UID_COUNT)),
+                ("memory_limit", text(&format_size(DEFAULT_MEMORY_LIMIT))),
+                ("runtime_dir", text(DEFAULT_RUNTIME_DIR)),
+            ]),
+        );
+        t.insert(
+            "limits".into(),
+            table(vec![
+                ("login_grace", duration(DEFAULT_LOGIN_GRACE)),
+                ("max_startups", count(DEFAULT_MAX_STARTUPS)),
+                ("per_source", count(DEFAULT_PER_SOURCE)),
+                ("max_sessions", count(DEFAULT_MAX_SESSIONS)),
+                ("connect_timeout", duration(DEFAULT_CONNECT_TIMEOUT)),
+                ("shutdown_grace", duration(DEFAULT_SHUTDOWN_GRACE)),
+            ]),
+        );
+        t
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema
+
+/// What a key holds, as far as merging layers is concerned.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A list of strings; a plain string from the environment or a flag is split on commas.
+    List,
+    /// A string (also paths, durations).
+    Text,
+    /// A boolean.
+    Bool,
+    /// An integer.
+    Int,
+    /// A size: a string with a unit, or an integer number of bytes.
+    Size,
+    /// An array of tables, replaced as a whole.
+    Tables,
+    /// A table whose keys are set one by one.
+    Section(&'static [(&'static str, Kind)]),
+}
+
+const AUDIT_KEYS: &[(&str, Kind)] = &[("dir", Kind::Text), ("stdout", Kind::Bool)];
+const SANDBOX_KEYS: &[(&str, Kind)] = &[
+    ("enabled", Kind::Bool),
+    ("uid_base", Kind::Int),
+    ("uid_count", Kind::Int),
+    ("memory_limit", Kind::Size),
+    ("runtime_dir", Kind::Text),
+];
+const LIMITS_KEYS: &[(&str, Kind)] = &[
+    ("login_grace", Kind::Text),
+    ("max_startups", Kind::Int),
+    ("per_source", Kind::Int),
+    ("max_sessions", Kind::Int),
+    ("connect_timeout", Kind::Text),
+    ("shutdown_grace", Kind::Text),
+];
+const ROOT_KEYS: &[(&str, Kind)] = &[
+    ("listen", Kind::List),
+    ("host_keys", Kind::List),
+    ("auth", Kind::Tables),
+    ("allow", Kind::Tables),
+    ("audit", Kind::Section(AUDIT_KEYS)),
+    ("sandbox", Kind::Section(SANDBOX_KEYS)),
+    ("limits", Kind::Section(LIMITS_KEYS)),
+];
+const AUTH_FILE_KEYS: &[&str] = &["dir", "file", "logins"];
+const AUTH_COMMAND_KEYS: &[&str] = &["command", "run_as", "timeout"];
+const AUTH_KEYS: &[&str] = &["type", "dir", "file", "logins", "command", "run_as", "timeout"];
+const ALLOW_KEYS: &[&str] = &["principals", "to"];
+
+fn lookup(schema: &[(&'static str, Kind)], name: &str) -> Option<Kind> {
+    schema.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
+}
+
+fn names(schema: &[(&'static str, Kind)]) -> Vec<&'static str> {
+    schema.iter().map(|(n, _)| *n).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merging the layers
+
+/// How an override arrived, for error messages and hints.
+enum Via<'a> {
+    Env(&'a str),
+    Flag(&'a str),
+}
+
+impl Via<'_> {
+    fn source(&self) -> String {
+        match self {
+            Via::Env(name) => format!("environment variable {name}"),
+            Via::Flag(source) => (*source).to_string(),
+        }
+    }
+
+    /// How the user would spell `path` through this channel.
+    fn spell(&self, path: &[&str]) -> String {
+        match self {
+            Via::Env(_) => format!("{ENV_PREFIX}{}", path.join("__").to_uppercase()),
+            Via::Flag(_) => path.join("."),
+        }
+    }
+}
+
+struct Merger {
+    root: Table,
+    origins: Origins,
+    errors: Vec<ConfigError>,
+}
+
+impl Merger {
+    fn error(&mut self, key: String, via: &Via, message: String, hint: Option<String>) {
+        self.errors.push(ConfigError { key, source: via.source(), message, hint });
+    }
+
+    fn env(&mut self, env: impl IntoIterator<Item = (String, String)>) {
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX) && !RESERVED_ENV.contains(&name.as_str()))
+            .collect();
+        // Sorted, so that BASTION_LIMITS (a whole table) comes before BASTION_LIMITS__….
+        vars.sort();
+        for (name, raw) in vars {
+            let via = Via::Env(&name);
+            let rest = name[ENV_PREFIX.len()..].to_lowercase();
+            let path: Vec<&str> = rest.split("__").collect();
+            if path.iter().any(|p| p.is_empty()) {
+                self.error(
+                    path.join("."),
+                    &via,
+                    "not a valid configuration variable name".into(),
+                    Some(format!("nested keys are joined with __, e.g. {ENV_PREFIX}LIMITS__MAX_STARTUPS")),
+                );
+                continue;
+            }
+            let value = raw.parse::<Value>().unwrap_or_else(|_| Value::String(raw.clone()));
+            self.apply(&path, value, Some(&raw), &via);
+        }
+    }
+
+    fn flags(&mut self, overrides: Vec<Override>) {
+        for o in overrides {
+            let via = Via::Flag(&o.source);
+            let path: Vec<&str> = o.key.split('.').collect();
+            if path.iter().any(|p| p.is_empty()) {
+                self.error(o.key.clone(), &via, "not a valid configuration key".into(), None);
+                continue;
+            }
+            self.apply(&path, o.value, None, &via);
+        }
+    }
+
+    /// Sets `path` to `value`. `raw` is the environment variable's text, if the value came from one.
+    fn apply(&mut self, path: &[&str], value: Value, raw: Option<&str>, via: &Via) {
+        let key = path.join(".");
+        let Some((&first, rest)) = path.split_first() else { return };
+        let Some(kind) = lookup(ROOT_KEYS, first) else {
+            let hint = suggest(first, &names(ROOT_KEYS)).map(|c| format!("did you mean {}?", via.spell(&[c])));
+            self.error(key, via, format!("unknown key {first:?}"), hint);
+            return;
+        };
+        match (kind, rest) {
+            (Kind::Section(_), []) => match value {
+                Value::Table(t) => {
+                    for (k, v) in t {
+                        self.apply(&[first, &k], v, None, via);
+                    }
+                }
+                other => {
+                    let hint = format!("set its keys one by one, e.g. {}", via.spell(&[first, "…"]));
+                    self.error(key, via, format!("expected a table, found {}", describe(&other)), Some(hint));
+                }
+            },
+            (Kind::Section(fields), [name, deeper @ ..]) => {
+                let Some(leaf) = lookup(fields, name) else {
+                    let hint =
+                        suggest(name, &names(fields)).map(|c| format!("did you mean {}?", via.spell(&[first, c])));
+                    self.error(key, via, format!("unknown key {name:?}"), hint);
+                    return;
+                };
+                if !deeper.is_empty() {
+                    self.error(key, via, format!("{first}.{name} has no sub-keys"), None);
+                    return;
+                }
+                let value = normalize(leaf, value, raw);
+                let section = self.root.entry(first).or_insert_with(|| Value::Table(Table::new()));
+                // If the lower layer holds something else than a table here, the reader reports it.
+                if let Value::Table(t) = section {
+                    t.insert((*name).to_string(), value);
+                    self.origins.set(format!("{first}.{name}"), &via.source(), false);
                 }
             }
+            (Kind::Tables, [_, ..]) => {
+                let hint = match via {
+                    Via::Env(_) => format!(
+                        "set the whole list as a TOML array of tables, e.g. {}='[{{type = \"file\", dir = \"/etc/bastion/users\"}}]'",
+                        via.spell(&[first])
+                    ),
+                    Via::Flag(_) => format!("set {first} to an array of tables"),
+                };
+                self.error(
+                    key,
+                    via,
+                    format!("{first} is a list of tables and can only be replaced as a whole"),
+                    Some(hint),
+                );
+            }
+            (_, [_, ..]) => {
+                self.error(key, via, format!("{first} has no sub-keys"), Some(format!("set {}", via.spell(&[first]))));
+            }
+            (leaf, []) => {
+                self.root.insert(first.to_string(), normalize(leaf, value, raw));
+                self.origins.set(first.to_string(), &via.source(), false);
+            }
         }
-        _ => {}
     }
 }
 
-/// Sets `path` (dotted) in `table`, creating tables on the way.
-fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), String> {
-    let Some((last, parents)) = path.split_last() else {
-        return Err("empty key".into());
+/// Adapts a value from the environment or a flag to what `kind` expects: a plain string for a
+/// list is split on commas; text that merely looks like another TOML type stays text.
+fn normalize(kind: Kind, value: Value, raw: Option<&str>) -> Value {
+    let split = |s: &str| {
+        Value::Array(s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect())
     };
-    let mut t = table;
-    for p in parents {
-        let entry = t
-            .entry(p.clone())
-            .or_insert_with(|| Value::Table(Table::new()));
-        t = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("{p} is not a table"))?;
-    }
-    t.insert(last.clone(), value);
-    Ok(())
-}
-
-fn env_value(key: &str, raw: &str) -> Value {
-    let parsed = toml::from_str::<Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"));
-    match parsed {
-        Some(v) if !v.is_str() => v,
-        _ if STRING_LISTS.contains(&key) => Value::Array(
-            raw.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| Value::String(s.to_string()))
-                .collect(),
-        ),
-        _ => Value::String(raw.to_string()),
+    match (kind, value, raw) {
+        (Kind::List, Value::String(s), _) => split(&s),
+        (Kind::List, Value::Array(a), _) => Value::Array(a),
+        (Kind::List, _, Some(raw)) => split(raw),
+        (Kind::Text, v @ Value::String(_), _) | (Kind::Size, v @ (Value::String(_) | Value::Integer(_)), _) => v,
+        (Kind::Text | Kind::Size, _, Some(raw)) => Value::String(raw.to_string()),
+        (_, v, _) => v,
     }
 }
 
 fn build(
-    mut table: Table,
-    source: &str,
-    base: Option<PathBuf>,
+    file: Table,
+    file_source: Option<&str>,
+    base_source: &str,
+    base_dir: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     overrides: Vec<Override>,
 ) -> Result<Config, Vec<ConfigError>> {
-    let mut origins = Origins {
-        map: HashMap::new(),
-        default_source: "default".into(),
-    };
-    for (k, v) in &table {
-        record_all(&mut origins, k, v, source);
-    }
-    let mut errors = Vec::new();
-    let mut env: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("BASTION_") && !RESERVED_ENV.contains(&k.as_str()))
-        .collect();
-    env.sort();
-    for (name, raw) in env {
-        let path: Vec<String> = name["BASTION_".len()..]
-            .to_ascii_lowercase()
-            .split("__")
-            .map(str::to_string)
-            .collect();
-        let key = path.join(".");
-        let src = format!("environment variable {name}");
-        let value = env_value(&key, &raw);
-        record_all(&mut origins, &key, &value, &src);
-        if let Err(e) = set_path(&mut table, &path, value) {
-            errors.push(ConfigError {
-                key,
-                source: src,
-                message: e,
-                hint: None,
-            });
+    let mut origins = Origins::default();
+    if let Some(source) = file_source {
+        for (k, v) in &file {
+            match (lookup(ROOT_KEYS, k), v) {
+                (Some(Kind::Section(_)), Value::Table(t)) => {
+                    for sub in t.keys() {
+                        origins.set(format!("{k}.{sub}"), source, true);
+                    }
+                }
+                _ => origins.set(k.clone(), source, true),
+            }
         }
     }
-    for o in overrides {
-        let path: Vec<String> = o.key.split('.').map(str::to_string).collect();
-        record_all(&mut origins, &o.key, &o.value, &o.source);
-        if let Err(e) = set_path(&mut table, &path, o.value) {
-            errors.push(ConfigError {
-                key: o.key,
-                source: o.source,
-                message: e,
-                hint: None,
-            });
-        }
-    }
-    let mut r = Reader {
-        origins: &origins,
-        errors,
-        base,
-        file_source: source.to_string(),
-    };
-    let cfg = r.config(&table);
-    if r.errors.is_empty() {
-        Ok(Config { origins, ..cfg })
-    } else {
-        Err(r.errors)
+    let mut merger = Merger { root: file, origins, errors: Vec::new() };
+    merger.env(env);
+    merger.flags(overrides);
+    let Merger { root, origins, errors } = merger;
+    let mut reader = Reader { origins: &origins, base_dir, base_source, errors };
+    let config = reader.config(root);
+    let errors = reader.errors;
+    match config {
+        Some(body) if errors.is_empty() => Ok(Config {
+            listen: body.listen,
+            host_keys: body.host_keys,
+            auth: body.auth,
+            allow: body.allow,
+            audit: body.audit,
+            sandbox: body.sandbox,
+            limits: body.limits,
+            origins,
+        }),
+        _ if !errors.is_empty() => Err(errors),
+        _ => Err(vec![ConfigError {
+            key: String::new(),
+            source: base_source.to_string(),
+            message: "the configuration is invalid".into(),
+            hint: None,
+        }]),
     }
 }
 
+fn parse_file(text: &str) -> Result<Table, String> {
+    toml::from_str::<Table>(text).map_err(|e| {
+        let what = e.message().trim();
+        match e.span() {
+            Some(span) => {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!("invalid TOML at line {line}, column {column}: {what}")
+            }
+            None => format!("invalid TOML: {what}"),
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the merged table
+
+/// Everything but the origins, which the reader borrows.
+struct Body {
+    listen: Vec<SocketAddr>,
+    host_keys: Vec<PathBuf>,
+    auth: Vec<AuthSource>,
+    allow: Vec<AllowRule>,
+    audit: Audit,
+    sandbox: Sandbox,
+    limits: Limits,
+}
+
+/// Walks the merged table, converting values and collecting every problem.
+///
+/// Each reading method returns `None` after recording an error; keys are removed from their
+/// table as they are read, so whatever remains afterwards is unknown.
 struct Reader<'a> {
     origins: &'a Origins,
+    base_dir: Option<&'a Path>,
+    /// Blamed for required keys nobody set.
+    base_source: &'a str,
     errors: Vec<ConfigError>,
-    base: Option<PathBuf>,
-    file_source: String,
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::String(_) => "a string",
-        Value::Integer(_) => "an integer",
-        Value::Float(_) => "a float",
-        Value::Boolean(_) => "a boolean",
-        Value::Datetime(_) => "a date",
-        Value::Array(_) => "a list",
-        Value::Table(_) => "a table",
-    }
-}
-
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push(
-                (prev[j] + usize::from(ca != *cb))
-                    .min(prev[j + 1] + 1)
-                    .min(cur[j] + 1),
-            );
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-fn join(prefix: &str, key: &str) -> String {
+fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
-        key.to_string()
+        name.to_string()
     } else {
-        format!("{prefix}.{key}")
+        format!("{prefix}.{name}")
     }
 }
 
 impl Reader<'_> {
-    fn err(&mut self, key: &str, message: String, hint: Option<String>) {
+    fn push(&mut self, key: &str, message: impl Into<String>, hint: Option<String>) {
         self.errors.push(ConfigError {
             key: key.to_string(),
             source: self.origins.of(key),
-            message,
+            message: message.into(),
             hint,
         });
     }
 
-    fn unknown_keys(&mut self, t: &Table, prefix: &str, known: &[&str]) {
-        for k in t.keys() {
-            if !known.contains(&k.as_str()) {
-                let hint = known
-                    .iter()
-                    .filter(|c| distance(k, c) <= 2)
-                    .min_by_key(|c| distance(k, c))
-                    .map(|c| format!("did you mean {c}?"));
-                self.err(&join(prefix, k), format!("unknown key {k:?}"), hint);
-            }
+    fn missing(&mut self, key: &str, message: impl Into<String>, hint: Option<String>) {
+        let source = if self.origins.is_set(key) { self.origins.of(key) } else { self.base_source.to_string() };
+        self.errors.push(ConfigError { key: key.to_string(), source, message: message.into(), hint });
+    }
+
+    fn wrong_type(&mut self, key: &str, expected: &str, found: &Value) {
+        self.push(key, format!("expected {expected}, found {}", describe(found)), None);
+    }
+
+    /// Reports the keys left in `t` as unknown.
+    fn leftovers(&mut self, t: Table, prefix: &str, known: &[&str]) {
+        for (name, _) in t {
+            let hint = suggest(&name, known).map(|c| format!("did you mean {c}?"));
+            self.push(&join(prefix, &name), format!("unknown key {name:?}"), hint);
         }
     }
 
-    fn get<'t>(
+    /// Reads `prefix.name` from `t` with `read`, or `default` when absent.
+    fn field<T>(
         &mut self,
-        t: &'t Table,
+        t: &mut Table,
         prefix: &str,
-        key: &str,
-        want: &'static str,
-        ok: fn(&Value) -> bool,
-    ) -> Option<&'t Value> {
-        let v = t.get(key)?;
-        if ok(v) {
-            Some(v)
-        } else {
-            self.err(
-                &join(prefix, key),
-                format!("expected {want}, found {}", type_name(v)),
-                None,
-            );
-            None
+        name: &str,
+        default: T,
+        read: impl FnOnce(&mut Self, &str, Value) -> Option<T>,
+    ) -> Option<T> {
+        match t.remove(name) {
+            Some(v) => read(self, &join(prefix, name), v),
+            None => Some(default),
         }
     }
 
-    fn string(&mut self, t: &Table, prefix: &str, key: &str) -> Option<String> {
-        self.get(t, prefix, key, "a string", Value::is_str)
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    }
-
-    fn boolean(&mut self, t: &Table, prefix: &str, key: &str, default: bool) -> bool {
-        self.get(t, prefix, key, "a boolean (true or false)", Value::is_bool)
-            .and_then(Value::as_bool)
-            .unwrap_or(default)
-    }
-
-    fn int(&mut self, t: &Table, prefix: &str, key: &str, lo: i64, hi: i64, default: i64) -> i64 {
-        let full = join(prefix, key);
-        match t.get(key) {
-            None => default,
-            Some(Value::Integer(n)) if (lo..=hi).contains(n) => *n,
-            Some(v) => {
-                let found = match v {
-                    Value::Integer(n) => n.to_string(),
-                    Value::String(s) => format!("{s:?}"),
-                    other => type_name(other).to_string(),
-                };
-                self.err(
-                    &full,
-                    format!("expected an integer between {lo} and {hi}, found {found}"),
-                    None,
-                );
-                default
+    fn string(&mut self, key: &str, v: Value) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s),
+            other => {
+                self.wrong_type(key, "a string", &other);
+                None
             }
         }
     }
 
-    fn duration(&mut self, t: &Table, prefix: &str, key: &str, default: &str) -> Duration {
-        let fallback = humantime::parse_duration(default).unwrap_or(Duration::from_secs(1));
-        let Some(s) = self
-            .get(
-                t,
-                prefix,
-                key,
-                "a duration like \"20s\" or \"1m 30s\"",
-                Value::is_str,
-            )
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-        else {
-            return fallback;
+    fn non_empty_string(&mut self, key: &str, v: Value) -> Option<String> {
+        let s = self.string(key, v)?;
+        if s.trim().is_empty() {
+            self.push(key, "must not be empty", None);
+            return None;
+        }
+        Some(s)
+    }
+
+    fn boolean(&mut self, key: &str, v: Value) -> Option<bool> {
+        match v {
+            Value::Boolean(b) => Some(b),
+            other => {
+                self.wrong_type(key, "a boolean (true or false)", &other);
+                None
+            }
+        }
+    }
+
+    fn integer<T: TryFrom<i64>>(&mut self, key: &str, v: Value, min: i64, max: i64) -> Option<T> {
+        let expected = format!("an integer between {min} and {max}");
+        match v {
+            Value::Integer(n) => match T::try_from(n) {
+                Ok(t) if (min..=max).contains(&n) => Some(t),
+                _ => {
+                    self.push(key, format!("expected {expected}, found {n}"), None);
+                    None
+                }
+            },
+            other => {
+                self.wrong_type(key, &expected, &other);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, v: Value, positive: bool) -> Option<Duration> {
+        let s = match v {
+            Value::String(s) => s,
+            other => {
+                self.push(
+                    key,
+                    format!("expected a duration such as \"20s\", found {}", describe(&other)),
+                    Some(DURATION_HINT.into()),
+                );
+                return None;
+            }
         };
-        match humantime::parse_duration(&s) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                self.err(&join(prefix, key), "must be longer than zero".into(), None);
-                fallback
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) if positive && d.is_zero() => {
+                self.push(key, "must be longer than zero", None);
+                None
             }
+            Ok(d) => Some(d),
             Err(e) => {
-                self.err(
-                    &join(prefix, key),
-                    format!("{s:?} is not a duration: {e}"),
-                    Some("write durations like \"20s\", \"5m\" or \"1h 30m\"".into()),
-                );
-                fallback
+                self.push(key, format!("invalid duration {s:?}: {e}"), Some(DURATION_HINT.into()));
+                None
             }
         }
     }
 
-    fn strings(&mut self, t: &Table, prefix: &str, key: &str) -> Option<Vec<String>> {
-        let full = join(prefix, key);
-        let v = self.get(t, prefix, key, "a list of strings", Value::is_array)?;
-        let mut out = Vec::new();
-        for (i, item) in v.as_array().into_iter().flatten().enumerate() {
-            match item.as_str() {
-                Some(s) => out.push(s.to_string()),
-                None => self.err(
-                    &format!("{full}[{i}]"),
-                    format!("expected a string, found {}", type_name(item)),
+    fn size(&mut self, key: &str, v: Value, min: u64) -> Option<u64> {
+        let parsed = match v {
+            Value::Integer(n) => u64::try_from(n).map_err(|_| format!("must not be negative, found {n}")),
+            Value::String(s) => parse_size(&s).map_err(|e| format!("invalid size {s:?}: {e}")),
+            other => {
+                self.push(
+                    key,
+                    format!("expected a size such as \"1GiB\" or a number of bytes, found {}", describe(&other)),
                     None,
-                ),
+                );
+                return None;
             }
-        }
-        Some(out)
-    }
-
-    fn path(&mut self, key: &str, s: &str) -> PathBuf {
-        let p = PathBuf::from(s);
-        match &self.base {
-            Some(base) if p.is_relative() && self.origins.of(key) == self.file_source => {
-                base.join(p)
-            }
-            _ => p,
-        }
-    }
-
-    fn size(&mut self, t: &Table, prefix: &str, key: &str, default: u64, min: u64) -> u64 {
-        let full = join(prefix, key);
-        let parsed = match t.get(key) {
-            None => return default,
-            Some(Value::Integer(n)) if *n >= 0 => Ok(*n as u64),
-            Some(Value::String(s)) => parse_size(s)
-                .ok_or_else(|| format!("{s:?} is not a size like \"512MiB\" or \"1GiB\"")),
-            Some(v) => Err(format!(
-                "expected a size like \"1GiB\", found {}",
-                type_name(v)
-            )),
         };
         match parsed {
-            Ok(n) if n >= min => n,
-            Ok(n) => {
-                self.err(
-                    &full,
-                    format!("{n} bytes is too small; at least {min} bytes"),
-                    None,
+            Ok(n) if n < min => {
+                self.push(key, format!("must be at least {}, found {}", format_size(min), format_size(n)), None);
+                None
+            }
+            Ok(n) => Some(n),
+            Err(message) => {
+                self.push(
+                    key,
+                    message,
+                    Some("write a size such as \"512MiB\" or \"1GiB\" (units B, KiB, MiB, GiB)".into()),
                 );
-                default
-            }
-            Err(m) => {
-                self.err(&full, m, None);
-                default
+                None
             }
         }
     }
 
-    fn section<'t>(&mut self, t: &'t Table, key: &str, known: &[&str]) -> Option<&'t Table> {
-        let v = self.get(t, "", key, "a table", Value::is_table)?;
-        let table = v.as_table()?;
-        self.unknown_keys(table, key, known);
-        Some(table)
+    /// A list of strings; each element is checked, so all bad elements are reported.
+    fn strings(&mut self, key: &str, v: Value) -> Option<Vec<String>> {
+        let items = match v {
+            Value::Array(items) => items,
+            other => {
+                self.wrong_type(key, "a list of strings", &other);
+                return None;
+            }
+        };
+        all(items.into_iter().enumerate().map(|(i, item)| self.string(&format!("{key}[{i}]"), item)))
     }
 
-    fn config(&mut self, t: &Table) -> Config {
-        self.unknown_keys(t, "", TOP);
-        let empty = Table::new();
+    fn non_empty_strings(&mut self, key: &str, v: Value) -> Option<Vec<String>> {
+        let list = self.strings(key, v)?;
+        if list.is_empty() {
+            self.push(key, "must not be empty", None);
+            return None;
+        }
+        Some(list)
+    }
 
-        let mut listen = Vec::new();
-        let raw_listen = self.strings(t, "", "listen").unwrap_or_else(|| {
-            if t.contains_key("listen") {
-                vec![]
-            } else {
-                vec!["0.0.0.0:22".into()]
+    /// A path; relative paths are resolved against the file's directory if `key` came from the
+    /// file, against the current directory otherwise.
+    fn path(&mut self, key: &str, v: Value) -> Option<PathBuf> {
+        let s = self.string(key, v)?;
+        if s.is_empty() {
+            self.push(key, "must not be empty", None);
+            return None;
+        }
+        let p = PathBuf::from(&s);
+        let joined = match self.base_dir {
+            Some(dir) if p.is_relative() && self.origins.is_from_file(key) => dir.join(&p),
+            _ => p,
+        };
+        Some(std::path::absolute(&joined).unwrap_or(joined))
+    }
+
+    /// An array of tables, as `[[name]]` writes it.
+    fn tables(&mut self, key: &str, v: Value) -> Option<Vec<Table>> {
+        let items = match v {
+            Value::Array(items) => items,
+            Value::Table(_) => {
+                self.push(
+                    key,
+                    "expected an array of tables, found a table",
+                    Some(format!("write [[{key}]] (double brackets) for each entry")),
+                );
+                return None;
             }
-        });
-        for (i, s) in raw_listen.iter().enumerate() {
-            match s.parse::<SocketAddr>() {
-                Ok(a) => listen.push(a),
-                Err(_) => self.err(
-                    &format!("listen[{i}]"),
-                    format!("{s:?} is not an address like 0.0.0.0:22 or [::]:22"),
-                    None,
-                ),
+            other => {
+                self.wrong_type(key, "an array of tables", &other);
+                return None;
+            }
+        };
+        all(items.into_iter().enumerate().map(|(i, item)| match item {
+            Value::Table(t) => Some(t),
+            other => {
+                self.wrong_type(&format!("{key}[{i}]"), "a table", &other);
+                None
+            }
+        }))
+    }
+
+    /// A `[section]`: absent means all defaults.
+    fn section(&mut self, root: &mut Table, name: &str) -> Option<Table> {
+        match root.remove(name) {
+            None => Some(Table::new()),
+            Some(Value::Table(t)) => Some(t),
+            Some(other) => {
+                self.wrong_type(name, "a table", &other);
+                None
             }
         }
-        if listen.is_empty() && !raw_listen.is_empty() {
-            // errors already reported
-        } else if raw_listen.is_empty() {
-            self.err(
+    }
+
+    /// The key to blame for a conflict between two keys: `preferred` unless only `other` was set.
+    fn blame<'k>(&self, preferred: &'k str, other: &'k str) -> &'k str {
+        if !self.origins.is_set(preferred) && self.origins.is_set(other) {
+            other
+        } else {
+            preferred
+        }
+    }
+
+    fn check_readable_file(&mut self, key: &str, path: &Path) -> bool {
+        let problem = match std::fs::metadata(path) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Some((
+                format!("{} does not exist", path.display()),
+                Some(format!("create one with: ssh-keygen -t ed25519 -N '' -f {}", path.display())),
+            )),
+            Err(e) => Some((format!("cannot access {}: {e}", path.display()), None)),
+            Ok(m) if !m.is_file() => Some((format!("{} is not a regular file", path.display()), None)),
+            Ok(_) => std::fs::File::open(path).err().map(|e| (format!("cannot read {}: {e}", path.display()), None)),
+        };
+        match problem {
+            Some((message, hint)) => {
+                self.push(key, message, hint);
+                false
+            }
+            None => true,
+        }
+    }
+
+    fn check_dir(&mut self, key: &str, path: &Path) -> bool {
+        let message = match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => return true,
+            Ok(_) => format!("{} is not a directory", path.display()),
+            Err(e) if e.kind() == ErrorKind::NotFound => format!("{} does not exist", path.display()),
+            Err(e) => format!("cannot access {}: {e}", path.display()),
+        };
+        self.push(key, message, None);
+        false
+    }
+
+    fn config(&mut self, mut root: Table) -> Option<Body> {
+        let listen = self.listen(&mut root);
+        let host_keys = self.host_keys(&mut root);
+        let auth = self.auth(&mut root);
+        let allow = self.allow(&mut root);
+        let audit = self.audit(&mut root);
+        let sandbox = self.sandbox(&mut root);
+        let limits = self.limits(&mut root);
+        self.leftovers(root, "", &names(ROOT_KEYS));
+        Some(Body {
+            listen: listen?,
+            host_keys: host_keys?,
+            auth: auth?,
+            allow: allow?,
+            audit: audit?,
+            sandbox: sandbox?,
+            limits: limits?,
+        })
+    }
+
+    fn listen(&mut self, root: &mut Table) -> Option<Vec<SocketAddr>> {
+        let Some(v) = root.remove("listen") else {
+            return DEFAULT_LISTEN.parse().ok().map(|a| vec![a]);
+        };
+        let list = self.strings("listen", v)?;
+        if list.is_empty() {
+            self.push(
                 "listen",
-                "at least one listen address is required".into(),
-                None,
+                "must list at least one address",
+                Some(format!("e.g. listen = [\"{DEFAULT_LISTEN}\"]")),
             );
+            return None;
         }
-
-        let mut host_keys = Vec::new();
-        match self.strings(t, "", "host_keys") {
-            Some(keys) if !keys.is_empty() => {
-                for (i, k) in keys.iter().enumerate() {
-                    let p = self.path("host_keys", k);
-                    if !p.is_file() {
-                        self.err(&format!("host_keys[{i}]"), format!("{} does not exist or is not a file", p.display()), Some(format!("create one with: ssh-keygen -t ed25519 -N '' -f {}", p.display())));
-                    }
-                    host_keys.push(p);
-                }
+        all(list.iter().enumerate().map(|(i, s)| match s.trim().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(
+                    &format!("listen[{i}]"),
+                    format!("invalid socket address {s:?}"),
+                    Some("write IP:PORT or [IPv6]:PORT, e.g. \"0.0.0.0:22\" or \"[::]:22\"".into()),
+                );
+                None
             }
-            Some(_) | None if !t.get("host_keys").is_some_and(|v| !v.is_array()) => self.err(
-                "host_keys",
-                "at least one host key is required".into(),
-                Some("create one with: ssh-keygen -t ed25519 -N '' -f /etc/bastion/ssh_host_ed25519_key".into()),
-            ),
-            _ => {}
-        }
-
-        let auth = self.auth(t);
-        let allow = self.allow(t);
-
-        let a = self.section(t, "audit", AUDIT).unwrap_or(&empty);
-        let audit = Audit {
-            dir: self
-                .string(a, "audit", "dir")
-                .map(|s| self.path("audit.dir", &s))
-                .unwrap_or_else(|| PathBuf::from("/var/log/bastion")),
-            stdout: self.boolean(a, "audit", "stdout", false),
-        };
-
-        let s = self.section(t, "sandbox", SANDBOX).unwrap_or(&empty);
-        let uid_base =
-            self.int(s, "sandbox", "uid_base", 1000, 4_294_967_294, 2_000_000_000) as u32;
-        let uid_count = self.int(s, "sandbox", "uid_count", 1, 4_294_967_294, 65536) as u32;
-        if u64::from(uid_base) + u64::from(uid_count) > 4_294_967_294 {
-            self.err(
-                "sandbox.uid_count",
-                format!(
-                    "uid_base + uid_count ({}) goes past the largest uid, 4294967294",
-                    u64::from(uid_base) + u64::from(uid_count)
-                ),
-                None,
-            );
-        }
-        let runtime_dir = self
-            .string(s, "sandbox", "runtime_dir")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/run/bastion"));
-        if !runtime_dir.is_absolute() {
-            self.err(
-                "sandbox.runtime_dir",
-                format!("{} must be an absolute path", runtime_dir.display()),
-                None,
-            );
-        }
-        let sandbox = Sandbox {
-            enabled: self.boolean(s, "sandbox", "enabled", true),
-            uid_base,
-            uid_count,
-            memory_limit: self.size(s, "sandbox", "memory_limit", 1 << 30, 64 << 20),
-            runtime_dir,
-        };
-
-        let l = self.section(t, "limits", LIMITS).unwrap_or(&empty);
-        let max_startups = self.int(l, "limits", "max_startups", 1, 1_000_000, 64) as usize;
-        let per_source = self.int(l, "limits", "per_source", 1, 1_000_000, 10) as usize;
-        if per_source > max_startups {
-            self.err(
-                "limits.per_source",
-                format!("per_source ({per_source}) is larger than max_startups ({max_startups})"),
-                Some("per_source must be at most max_startups".into()),
-            );
-        }
-        let limits = Limits {
-            login_grace: self.duration(l, "limits", "login_grace", "20s"),
-            max_startups,
-            per_source,
-            max_sessions: self.int(l, "limits", "max_sessions", 1, 10_000_000, 1000) as usize,
-            connect_timeout: self.duration(l, "limits", "connect_timeout", "10s"),
-            shutdown_grace: self.duration(l, "limits", "shutdown_grace", "30s"),
-        };
-        Config {
-            listen,
-            host_keys,
-            auth,
-            allow,
-            audit,
-            sandbox,
-            limits,
-            origins: Origins::default(),
-        }
+        }))
     }
 
-    fn tables<'t>(&mut self, t: &'t Table, key: &str) -> Vec<(String, &'t Table)> {
-        let mut out = Vec::new();
-        let Some(v) = self.get(
-            t,
-            "",
-            key,
-            "a list of tables ([[…]] entries)",
-            Value::is_array,
-        ) else {
-            return out;
+    fn host_keys(&mut self, root: &mut Table) -> Option<Vec<PathBuf>> {
+        let Some(v) = root.remove("host_keys") else {
+            self.missing("host_keys", "no host key configured; at least one is required", Some(HOST_KEY_HINT.into()));
+            return None;
         };
-        for (i, item) in v.as_array().into_iter().flatten().enumerate() {
-            let k = format!("{key}[{i}]");
-            match item.as_table() {
-                Some(tab) => out.push((k, tab)),
-                None => self.err(
-                    &k,
-                    format!("expected a table, found {}", type_name(item)),
-                    None,
-                ),
-            }
+        let list = self.strings("host_keys", v)?;
+        if list.is_empty() {
+            self.push("host_keys", "no host key configured; at least one is required", Some(HOST_KEY_HINT.into()));
+            return None;
         }
-        out
+        all(list.into_iter().enumerate().map(|(i, s)| {
+            let key = format!("host_keys[{i}]");
+            let path = self.path(&key, Value::String(s))?;
+            self.check_readable_file(&key, &path).then_some(path)
+        }))
     }
 
-    fn auth(&mut self, t: &Table) -> Vec<AuthSource> {
-        let mut out = Vec::new();
-        let entries = self.tables(t, "auth");
-        if entries.is_empty() && !t.contains_key("auth") {
-            self.err(
+    fn auth(&mut self, root: &mut Table) -> Option<Vec<AuthSource>> {
+        let Some(v) = root.remove("auth") else {
+            self.missing(
                 "auth",
-                "at least one [[auth]] key source is required".into(),
-                Some("add [[auth]] type = \"file\" dir = \"/etc/bastion/users\"".into()),
+                "no key source configured; at least one [[auth]] entry is required",
+                Some(AUTH_HINT.into()),
             );
+            return None;
+        };
+        let entries = self.tables("auth", v)?;
+        if entries.is_empty() {
+            self.push(
+                "auth",
+                "no key source configured; at least one [[auth]] entry is required",
+                Some(AUTH_HINT.into()),
+            );
+            return None;
         }
-        for (k, a) in entries {
-            self.unknown_keys(a, &k, AUTH);
-            let Some(kind) = self.string(a, &k, "type") else {
-                if !a.contains_key("type") {
-                    self.err(
-                        &format!("{k}.type"),
-                        "missing; one of \"file\", \"command\"".into(),
+        all(entries.into_iter().enumerate().map(|(i, t)| self.auth_entry(i, t)))
+    }
+
+    fn auth_entry(&mut self, i: usize, mut t: Table) -> Option<AuthSource> {
+        let p = format!("auth[{i}]");
+        let type_key = format!("{p}.type");
+        let kind = match t.remove("type") {
+            Some(v) => self.string(&type_key, v),
+            None => {
+                self.push(&type_key, "missing", Some("set type = \"file\" or type = \"command\"".into()));
+                None
+            }
+        };
+        let source = match kind.as_deref() {
+            Some("file") => self.auth_file(&p, &mut t),
+            Some("command") => self.auth_command(&p, &mut t),
+            Some(other @ ("iam" | "eic")) => {
+                self.push(
+                    &type_key,
+                    format!("type {other:?} is not supported by this build yet"),
+                    Some("use type = \"file\" or type = \"command\"".into()),
+                );
+                None
+            }
+            Some(other) => {
+                self.push(&type_key, format!("unknown type {other:?}; known types are \"file\" and \"command\""), None);
+                None
+            }
+            None => None,
+        };
+        if source.is_none() {
+            // Keys of either type are fine when the type itself is the problem.
+            t.retain(|k, _| !AUTH_KEYS.contains(&k));
+        }
+        self.leftovers(t, &p, AUTH_KEYS);
+        source
+    }
+
+    /// Reports keys in `t` that belong to another auth type.
+    fn foreign_auth_keys(&mut self, t: &mut Table, p: &str, kind: &str, foreign: &[&str]) {
+        for name in foreign {
+            if t.remove(*name).is_some() {
+                self.push(&format!("{p}.{name}"), format!("{name} does not apply to type = {kind:?}"), None);
+            }
+        }
+    }
+
+    fn auth_file(&mut self, p: &str, t: &mut Table) -> Option<AuthSource> {
+        let dir = t.remove("dir").map(|v| self.path(&format!("{p}.dir"), v));
+        let file = t.remove("file").map(|v| self.path(&format!("{p}.file"), v));
+        let logins_key = format!("{p}.logins");
+        let logins = t.remove("logins").map(|v| self.strings(&logins_key, v));
+        self.foreign_auth_keys(t, p, "file", AUTH_COMMAND_KEYS);
+        match (dir, file) {
+            (Some(_), Some(_)) => {
+                self.push(p, "dir and file exclude each other; set exactly one", Some(FILE_OR_DIR_HINT.into()));
+                None
+            }
+            (None, None) => {
+                self.push(p, "type = \"file\" needs dir or file", Some(FILE_OR_DIR_HINT.into()));
+                None
+            }
+            (Some(dir), None) => {
+                if logins.is_some() {
+                    self.push(
+                        &logins_key,
+                        "logins only applies with file; with dir, <dir>/<login> holds each login's keys",
                         None,
                     );
                 }
-                continue;
-            };
-            match kind.as_str() {
-                "file" => {
-                    for bad in ["command", "run_as", "timeout"] {
-                        if a.contains_key(bad) {
-                            self.err(
-                                &format!("{k}.{bad}"),
-                                format!("{bad} belongs to type = \"command\""),
-                                None,
-                            );
-                        }
+                let dir = dir?;
+                let exists = self.check_dir(&format!("{p}.dir"), &dir);
+                (exists && logins.is_none()).then_some(AuthSource::File {
+                    dir: Some(dir),
+                    file: None,
+                    logins: Vec::new(),
+                })
+            }
+            (None, Some(file)) => {
+                let logins = match logins {
+                    None => {
+                        self.push(
+                            &logins_key,
+                            "required with file: list the logins that may use this file",
+                            Some("e.g. logins = [\"alice\"], or [\"*\"] for any login".into()),
+                        );
+                        None
                     }
-                    let dir = self
-                        .string(a, &k, "dir")
-                        .map(|s| self.path(&format!("{k}.dir"), &s));
-                    let file = self
-                        .string(a, &k, "file")
-                        .map(|s| self.path(&format!("{k}.file"), &s));
-                    let logins = self.strings(a, &k, "logins");
-                    match (&dir, &file) {
-                        (Some(_), Some(_)) => {
-                            self.err(&k, "set either dir or file, not both".into(), None)
-                        }
-                        (None, None) => self.err(
-                            &k,
-                            "a file source needs dir (one file per login) or file (with logins)"
-                                .into(),
-                            None,
-                        ),
-                        (Some(d), None) => {
-                            if logins.is_some() {
-                                self.err(
-                                    &format!("{k}.logins"),
-                                    "logins goes with file, not dir".into(),
-                                    None,
-                                );
-                            }
-                            if !d.is_dir() {
-                                self.err(
-                                    &format!("{k}.dir"),
-                                    format!("{} is not a directory", d.display()),
-                                    None,
-                                );
-                            }
-                        }
-                        (None, Some(f)) => {
-                            if logins.as_ref().is_none_or(|l| l.is_empty()) {
-                                self.err(&format!("{k}.logins"), "required with file: which logins this file is for (\"*\" for any)".into(), None);
-                            }
-                            if !f.is_file() {
-                                self.err(
-                                    &format!("{k}.file"),
-                                    format!("{} does not exist or is not a file", f.display()),
-                                    None,
-                                );
-                            }
-                        }
+                    Some(None) => None,
+                    Some(Some(list)) if list.is_empty() => {
+                        self.push(&logins_key, "must not be empty", Some("use [\"*\"] for any login".into()));
+                        None
                     }
-                    out.push(AuthSource::File {
-                        dir,
-                        file,
-                        logins: logins.unwrap_or_default(),
-                    });
-                }
-                "command" => {
-                    for bad in ["dir", "file", "logins"] {
-                        if a.contains_key(bad) {
-                            self.err(
-                                &format!("{k}.{bad}"),
-                                format!("{bad} belongs to type = \"file\""),
-                                None,
-                            );
+                    Some(Some(list)) => {
+                        let empty: Vec<usize> =
+                            list.iter().enumerate().filter(|(_, l)| l.trim().is_empty()).map(|(i, _)| i).collect();
+                        for i in &empty {
+                            self.push(&format!("{logins_key}[{i}]"), "must not be empty", None);
                         }
+                        empty.is_empty().then_some(list)
                     }
-                    let command = self.string(a, &k, "command").unwrap_or_default();
-                    match command.split_whitespace().next() {
-                        None => self.err(
-                            &format!("{k}.command"),
-                            "required: the program to run, with arguments".into(),
-                            None,
-                        ),
-                        Some(p) if !p.starts_with('/') => self.err(
-                            &format!("{k}.command"),
-                            format!("the program {p:?} must be an absolute path"),
-                            None,
-                        ),
-                        Some(_) => {}
-                    }
-                    let run_as = self
-                        .string(a, &k, "run_as")
-                        .unwrap_or_else(|| "nobody".into());
-                    if run_as.is_empty() {
-                        self.err(&format!("{k}.run_as"), "must name a user".into(), None);
-                    }
-                    let timeout = self.duration(a, &k, "timeout", "10s");
-                    out.push(AuthSource::Command {
-                        command,
-                        run_as,
-                        timeout,
-                    });
-                }
-                "iam" | "eic" => self.err(
-                    &format!("{k}.type"),
-                    format!("type {kind:?} is not supported by this build yet"),
-                    None,
-                ),
-                other => self.err(
-                    &format!("{k}.type"),
-                    format!(
-                        "unknown key source type {other:?}; known types: \"file\", \"command\""
-                    ),
-                    None,
-                ),
+                };
+                Some(AuthSource::File { dir: None, file: Some(file?), logins: logins? })
             }
         }
-        out
     }
 
-    fn allow(&mut self, t: &Table) -> Vec<AllowRule> {
-        let mut out = Vec::new();
-        for (k, a) in self.tables(t, "allow") {
-            self.unknown_keys(a, &k, ALLOW);
-            let principals = self.strings(a, &k, "principals").unwrap_or_default();
-            let to = self.strings(a, &k, "to").unwrap_or_default();
-            if principals.is_empty() {
-                self.err(
-                    &format!("{k}.principals"),
-                    "required: a non-empty list (\"*\" for anyone authenticated)".into(),
-                    None,
+    fn auth_command(&mut self, p: &str, t: &mut Table) -> Option<AuthSource> {
+        let command_key = format!("{p}.command");
+        let command = match t.remove("command") {
+            None => {
+                self.push(
+                    &command_key,
+                    "required with type = \"command\"",
+                    Some("e.g. command = \"/usr/local/bin/keys %u %f\"".into()),
                 );
+                None
             }
-            if to.is_empty() {
-                self.err(
-                    &format!("{k}.to"),
-                    "required: a non-empty list of host[:port] targets".into(),
-                    None,
-                );
+            Some(v) => self.non_empty_string(&command_key, v).and_then(|c| {
+                let program = c.split_whitespace().next().unwrap_or_default();
+                if Path::new(program).is_absolute() {
+                    Some(c)
+                } else {
+                    self.push(
+                        &command_key,
+                        format!("the program must be an absolute path, found {program:?}"),
+                        Some(format!("write the full path, e.g. /usr/local/bin/{program}")),
+                    );
+                    None
+                }
+            }),
+        };
+        let run_as = self.field(t, p, "run_as", DEFAULT_RUN_AS.to_string(), Self::non_empty_string);
+        let timeout = self.field(t, p, "timeout", DEFAULT_COMMAND_TIMEOUT, |r, k, v| r.duration(k, v, true));
+        self.foreign_auth_keys(t, p, "command", AUTH_FILE_KEYS);
+        Some(AuthSource::Command { command: command?, run_as: run_as?, timeout: timeout? })
+    }
+
+    fn allow(&mut self, root: &mut Table) -> Option<Vec<AllowRule>> {
+        let Some(v) = root.remove("allow") else { return Some(Vec::new()) };
+        let entries = self.tables("allow", v)?;
+        all(entries.into_iter().enumerate().map(|(i, mut t)| {
+            let key = format!("allow[{i}]");
+            let mut required = |r: &mut Self, name: &str| match t.remove(name) {
+                Some(v) => r.non_empty_strings(&format!("{key}.{name}"), v),
+                None => {
+                    r.push(&format!("{key}.{name}"), "missing", Some(format!("every [[allow]] rule needs {name}")));
+                    None
+                }
+            };
+            let principals = required(self, "principals");
+            let to = required(self, "to");
+            self.leftovers(t, &key, ALLOW_KEYS);
+            Some(AllowRule { principals: principals?, to: to?, key })
+        }))
+    }
+
+    fn audit(&mut self, root: &mut Table) -> Option<Audit> {
+        let mut t = self.section(root, "audit")?;
+        let dir = self.field(&mut t, "audit", "dir", PathBuf::from(DEFAULT_AUDIT_DIR), Self::path);
+        let stdout = self.field(&mut t, "audit", "stdout", false, Self::boolean);
+        self.leftovers(t, "audit", &names(AUDIT_KEYS));
+        Some(Audit { dir: dir?, stdout: stdout? })
+    }
+
+    fn sandbox(&mut self, root: &mut Table) -> Option<Sandbox> {
+        let mut t = self.section(root, "sandbox")?;
+        let s = "sandbox";
+        let max = i64::try_from(MAX_UID).unwrap_or(i64::MAX);
+        let enabled = self.field(&mut t, s, "enabled", true, Self::boolean);
+        let uid_base =
+            self.field(&mut t, s, "uid_base", DEFAULT_UID_BASE, |r, k, v| r.integer(k, v, MIN_UID_BASE, max));
+        let uid_count = self.field(&mut t, s, "uid_count", DEFAULT_UID_COUNT, |r, k, v| r.integer(k, v, 1, max));
+        let memory_limit =
+            self.field(&mut t, s, "memory_limit", DEFAULT_MEMORY_LIMIT, |r, k, v| r.size(k, v, MIN_MEMORY_LIMIT));
+        let runtime_dir = self.field(&mut t, s, "runtime_dir", PathBuf::from(DEFAULT_RUNTIME_DIR), |r, k, v| {
+            let dir = r.string(k, v)?;
+            if Path::new(&dir).is_absolute() {
+                Some(PathBuf::from(dir))
+            } else {
+                r.push(k, format!("must be an absolute path, found {dir:?}"), None);
+                None
             }
-            out.push(AllowRule {
-                principals,
-                to,
-                key: k,
-            });
+        });
+        self.leftovers(t, s, &names(SANDBOX_KEYS));
+        let (uid_base, uid_count) = (uid_base?, uid_count?);
+        let end = u64::from(uid_base) + u64::from(uid_count);
+        if end > MAX_UID {
+            let key = self.blame("sandbox.uid_count", "sandbox.uid_base");
+            self.push(
+                key,
+                format!("uid_base + uid_count must not exceed {MAX_UID}, found {uid_base} + {uid_count} = {end}"),
+                None,
+            );
+            return None;
         }
-        out
+        Some(Sandbox { enabled: enabled?, uid_base, uid_count, memory_limit: memory_limit?, runtime_dir: runtime_dir? })
+    }
+
+    fn limits(&mut self, root: &mut Table) -> Option<Limits> {
+        let mut t = self.section(root, "limits")?;
+        let l = "limits";
+        let login_grace = self.field(&mut t, l, "login_grace", DEFAULT_LOGIN_GRACE, |r, k, v| r.duration(k, v, true));
+        let max_startups =
+            self.field(&mut t, l, "max_startups", DEFAULT_MAX_STARTUPS, |r, k, v| r.integer(k, v, 1, MAX_COUNT));
+        let per_source =
+            self.field(&mut t, l, "per_source", DEFAULT_PER_SOURCE, |r, k, v| r.integer(k, v, 1, MAX_COUNT));
+        let max_sessions =
+            self.field(&mut t, l, "max_sessions", DEFAULT_MAX_SESSIONS, |r, k, v| r.integer(k, v, 1, MAX_COUNT));
+        let connect_timeout =
+            self.field(&mut t, l, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, |r, k, v| r.duration(k, v, true));
+        let shutdown_grace =
+            self.field(&mut t, l, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE, |r, k, v| r.duration(k, v, false));
+        self.leftovers(t, l, &names(LIMITS_KEYS));
+        let (max_startups, per_source) = (max_startups?, per_source?);
+        if per_source > max_startups {
+            let key = self.blame("limits.per_source", "limits.max_startups");
+            self.push(key, format!("per_source ({per_source}) must not exceed max_startups ({max_startups})"), None);
+            return None;
+        }
+        Some(Limits {
+            login_grace: login_grace?,
+            max_startups,
+            per_source,
+            max_sessions: max_sessions?,
+            connect_timeout: connect_timeout?,
+            shutdown_grace: shutdown_grace?,
+        })
     }
 }
 
-/// Parses "1GiB", "512MiB", "64KiB", "1000B" or a bare number of bytes.
-pub fn parse_size(s: &str) -> Option<u64> {
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Collects results that were all computed (so every problem was reported); `None` if any failed.
+fn all<T>(results: impl IntoIterator<Item = Option<T>>) -> Option<Vec<T>> {
+    let results: Vec<Option<T>> = results.into_iter().collect();
+    results.into_iter().collect()
+}
+
+/// A value's type for error messages, with the value itself when it is short.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) if s.chars().count() <= 40 => format!("a string ({s:?})"),
+        Value::String(_) => "a string".into(),
+        Value::Integer(n) => format!("an integer ({n})"),
+        Value::Float(x) => format!("a float ({x})"),
+        Value::Boolean(b) => format!("a boolean ({b})"),
+        Value::Datetime(d) => format!("a date-time ({d})"),
+        Value::Array(_) => "an array".into(),
+        Value::Table(_) => "a table".into(),
+    }
+}
+
+/// Parses `"1GiB"`, `"512 MiB"`, `"4096"`: a number and an optional unit B, KiB, MiB or GiB
+/// (any case).
+fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        _ => return None,
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(end);
+    if number.is_empty() {
+        return Err("expected a number followed by B, KiB, MiB or GiB".into());
+    }
+    let n: u64 = number.parse().map_err(|_| "number too large".to_string())?;
+    let unit = unit.trim();
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "kib" => 10,
+        "mib" => 20,
+        "gib" => 30,
+        _ => return Err(format!("unknown unit {unit:?}; use B, KiB, MiB or GiB")),
     };
-    n.checked_mul(mult)
+    n.checked_mul(1u64 << shift).ok_or_else(|| "size too large".to_string())
+}
+
+/// Formats a byte count with the largest unit that divides it.
+fn format_size(n: u64) -> String {
+    const UNITS: &[(u32, &str)] = &[(30, "GiB"), (20, "MiB"), (10, "KiB")];
+    UNITS
+        .iter()
+        .find(|(shift, _)| n != 0 && n.is_multiple_of(1u64 << shift))
+        .map_or_else(|| format!("{n}B"), |(shift, unit)| format!("{}{unit}", n >> shift))
+}
+
+/// The closest of `candidates` to `name`, if within an edit distance of 2.
+fn suggest<'c>(name: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(name, c), *c))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance, by characters, ignoring ASCII case.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let b: Vec<char> = b.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
+    /// A temporary directory with a host key and a users directory.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        key: PathBuf,
+        users: PathBuf,
     }
 
-    fn base(dir: &Path) -> String {
-        write(dir, "hostkey", "x");
-        std::fs::create_dir_all(dir.join("users")).unwrap();
-        "host_keys = [\"hostkey\"]\n[[auth]]\ntype = \"file\"\ndir = \"users\"\n".to_string()
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("hostkey");
+        fs::write(&key, "not really a key\n").unwrap();
+        let users = dir.path().join("users");
+        fs::create_dir(&users).unwrap();
+        Fixture { dir, key, users }
     }
 
-    fn errors(r: Result<Config, Vec<ConfigError>>) -> Vec<ConfigError> {
+    impl Fixture {
+        /// The smallest valid file.
+        fn minimal(&self) -> String {
+            format!("host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\ndir = {:?}\n", self.key, self.users)
+        }
+
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.dir.path().join(name);
+            fs::write(&path, text).unwrap();
+            path
+        }
+
+        fn load(&self, text: &str, env: &[(&str, &str)], flags: Vec<Override>) -> Result<Config, Vec<ConfigError>> {
+            let path = self.write("bastion.toml", text);
+            load(Some(&path), vars(env), flags)
+        }
+
+        fn path(&self) -> String {
+            self.dir.path().join("bastion.toml").display().to_string()
+        }
+    }
+
+    fn vars(env: &[(&str, &str)]) -> Vec<(String, String)> {
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn ok(r: Result<Config, Vec<ConfigError>>) -> Config {
         match r {
-            Ok(_) => panic!("expected errors"),
+            Ok(c) => c,
+            Err(e) => panic!("unexpected errors: {e:#?}"),
+        }
+    }
+
+    fn errs(r: Result<Config, Vec<ConfigError>>) -> Vec<ConfigError> {
+        match r {
+            Ok(c) => panic!("expected errors, got {c:#?}"),
             Err(e) => e,
         }
     }
 
-    #[test]
-    fn defaults_and_relative_paths() {
-        let d = tempfile::tempdir().unwrap();
-        let f = write(d.path(), "c.toml", &base(d.path()));
-        let c = load(Some(&f), Vec::new(), Vec::new()).unwrap();
-        assert_eq!(c.listen, vec!["0.0.0.0:22".parse().unwrap()]);
-        assert_eq!(c.host_keys, vec![d.path().join("hostkey")]);
-        assert_eq!(c.limits.login_grace, Duration::from_secs(20));
-        assert_eq!((c.limits.max_startups, c.limits.per_source), (64, 10));
-        assert!(c.sandbox.enabled && !c.audit.stdout);
-        assert_eq!(c.sandbox.memory_limit, 1 << 30);
-        assert!(c.allow.is_empty());
+    fn one(r: Result<Config, Vec<ConfigError>>) -> ConfigError {
+        let e = errs(r);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        e.into_iter().next().unwrap()
+    }
+
+    fn flag(key: &str, value: Value, source: &str) -> Override {
+        Override { key: key.into(), value, source: source.into() }
     }
 
     #[test]
-    fn precedence_file_env_flag() {
-        let d = tempfile::tempdir().unwrap();
-        let text = format!("listen = [\"127.0.0.1:1\"]\n{}[limits]\nmax_startups = 5\nper_source = 2\n[audit]\nstdout = true\n", base(d.path()));
-        let f = write(d.path(), "c.toml", &text);
-        let env = vec![
-            (
-                "BASTION_LISTEN".to_string(),
-                "127.0.0.1:2,[::1]:3".to_string(),
-            ),
-            ("BASTION_LIMITS__MAX_STARTUPS".to_string(), "7".to_string()),
-            ("BASTION_AUDIT__DIR".to_string(), "/tmp/x".to_string()),
-            ("BASTION_LOG".to_string(), "debug".to_string()),
-        ];
-        let flags = vec![Override {
-            key: "limits.max_startups".into(),
-            value: Value::Integer(9),
-            source: "flag --x".into(),
-        }];
-        let c = load(Some(&f), env, flags).unwrap();
-        assert_eq!(c.listen.len(), 2);
-        assert_eq!(c.limits.max_startups, 9);
-        assert_eq!(c.limits.per_source, 2);
-        assert_eq!(c.audit.dir, PathBuf::from("/tmp/x"));
-        assert!(
-            c.audit.stdout,
-            "the file's audit.stdout survives an env override of audit.dir"
+    fn defaults() {
+        let f = fixture();
+        let cfg = ok(f.load(&f.minimal(), &[], vec![]));
+        assert_eq!(cfg.listen, vec!["0.0.0.0:22".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(cfg.host_keys, vec![f.key.clone()]);
+        assert_eq!(cfg.auth, vec![AuthSource::File { dir: Some(f.users.clone()), file: None, logins: vec![] }]);
+        assert!(cfg.allow.is_empty());
+        assert_eq!(cfg.audit, Audit { dir: "/var/log/bastion".into(), stdout: false });
+        assert_eq!(
+            cfg.sandbox,
+            Sandbox {
+                enabled: true,
+                uid_base: 2_000_000_000,
+                uid_count: 65536,
+                memory_limit: 1 << 30,
+                runtime_dir: "/run/bastion".into()
+            }
         );
         assert_eq!(
-            c.origins.of("listen"),
-            "environment variable BASTION_LISTEN"
+            cfg.limits,
+            Limits {
+                login_grace: Duration::from_secs(20),
+                max_startups: 64,
+                per_source: 10,
+                max_sessions: 1000,
+                connect_timeout: Duration::from_secs(10),
+                shutdown_grace: Duration::from_secs(30),
+            }
         );
-        assert_eq!(c.origins.of("limits.max_startups"), "flag --x");
-        assert_eq!(c.origins.of("limits.per_source"), f.display().to_string());
+        assert_eq!(cfg.origins.of("host_keys"), f.path());
+        assert_eq!(cfg.origins.of("auth[0].dir"), f.path());
+        assert_eq!(cfg.origins.of("limits.max_startups"), "default");
+        assert_eq!(cfg.origins.of("listen"), "default");
     }
 
     #[test]
-    fn env_arrays_of_tables() {
-        let d = tempfile::tempdir().unwrap();
-        let f = write(d.path(), "c.toml", &base(d.path()));
-        let env = vec![(
-            "BASTION_ALLOW".to_string(),
-            "[{principals=[\"*\"], to=[\"10.0.0.0/8:22\"]}]".to_string(),
-        )];
-        let c = load(Some(&f), env, Vec::new()).unwrap();
-        assert_eq!(c.allow.len(), 1);
-        assert_eq!(c.allow[0].key, "allow[0]");
+    fn defaults_table_matches_the_defaults() {
+        let f = fixture();
+        let plain = ok(f.load(&f.minimal(), &[], vec![]));
+        let mut table = Config::defaults_table();
+        table.extend(toml::from_str::<Table>(&f.minimal()).unwrap());
+        let from_defaults = ok(from_table(table, "defaults", vec![], vec![]));
+        assert_eq!(plain.listen, from_defaults.listen);
+        assert_eq!(plain.audit, from_defaults.audit);
+        assert_eq!(plain.sandbox, from_defaults.sandbox);
+        assert_eq!(plain.limits, from_defaults.limits);
     }
 
     #[test]
-    fn every_problem_is_reported_with_key_and_source() {
-        let d = tempfile::tempdir().unwrap();
+    fn no_file_defaults_env_and_flags() {
+        let f = fixture();
+        let auth = format!("[{{type = \"file\", dir = {:?}}}]", f.users);
+        let key = f.key.display().to_string();
+        let cfg = ok(load(None, vars(&[("BASTION_HOST_KEYS", &key), ("BASTION_AUTH", &auth)]), vec![]));
+        assert_eq!(cfg.host_keys, vec![f.key.clone()]);
+        assert_eq!(cfg.origins.of("host_keys[0]"), "environment variable BASTION_HOST_KEYS");
+
+        let e = errs(load(None, vec![], vec![]));
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert_eq!((e[0].key.as_str(), e[0].source.as_str()), ("host_keys", "configuration"));
+        assert_eq!((e[1].key.as_str(), e[1].source.as_str()), ("auth", "configuration"));
+    }
+
+    #[test]
+    fn full_valid_file() {
+        let f = fixture();
+        let ak = f.write("alice_keys", "");
         let text = format!(
-            "lisen = [\"x\"]\n{}[limits]\nmax_startups = 2\nper_source = 5\nlogin_grace = \"soon\"\n[sandbox]\nenabled = \"yes\"\n[[auth]]\ntype = \"iam\"\n[[auth]]\ntype = \"ldap\"\n[[allow]]\nprincipals = []\nto = [\"a:22\"]\nbogus = 1\n",
-            base(d.path())
+            r#"
+listen = ["127.0.0.1:2222", "[::1]:2222"]
+host_keys = [{key:?}]
+
+[[auth]]
+type = "file"
+dir = {users:?}
+
+[[auth]]
+type = "file"
+file = {ak:?}
+logins = ["alice", "*"]
+
+[[auth]]
+type = "command"
+command = "/usr/local/bin/keys %u %f"
+run_as = "keys"
+timeout = "1m 30s"
+
+[[allow]]
+principals = ["*"]
+to = ["10.0.0.0/8:22"]
+
+[[allow]]
+principals = ["alice", "group:ops"]
+to = ["db.internal:5432", "10.1.0.0/16:*", "[::1]:22"]
+
+[audit]
+dir = "/srv/audit"
+stdout = true
+
+[sandbox]
+enabled = false
+uid_base = 100000
+uid_count = 1000
+memory_limit = "256MiB"
+runtime_dir = "/run/b2"
+
+[limits]
+login_grace = "5s"
+max_startups = 32
+per_source = 4
+max_sessions = 200
+connect_timeout = "3s"
+shutdown_grace = "0s"
+"#,
+            key = f.key,
+            users = f.users,
+            ak = ak,
         );
-        let f = write(d.path(), "c.toml", &text);
-        let env = vec![
-            (
-                "BASTION_LIMITS__MAX_SESSIONS".to_string(),
-                "abc".to_string(),
-            ),
-            ("BASTION_NOPE".to_string(), "1".to_string()),
-        ];
-        let errs = errors(load(Some(&f), env, Vec::new()));
-        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
-        for k in [
-            "lisen",
-            "limits.per_source",
-            "limits.login_grace",
-            "sandbox.enabled",
-            "auth[1].type",
-            "auth[2].type",
-            "allow[0].principals",
-            "allow[0].bogus",
-            "limits.max_sessions",
-            "nope",
-        ] {
-            assert!(keys.contains(&k), "missing {k} in {keys:?}");
-        }
-        let lisen = errs.iter().find(|e| e.key == "lisen").unwrap();
-        assert_eq!(lisen.hint.as_deref(), Some("did you mean listen?"));
-        assert_eq!(lisen.source, f.display().to_string());
-        let env_err = errs
-            .iter()
-            .find(|e| e.key == "limits.max_sessions")
-            .unwrap();
+        let cfg = ok(f.load(&text, &[], vec![]));
+        assert_eq!(cfg.listen, vec!["127.0.0.1:2222".parse::<SocketAddr>().unwrap(), "[::1]:2222".parse().unwrap()]);
         assert_eq!(
-            env_err.source,
-            "environment variable BASTION_LIMITS__MAX_SESSIONS"
+            cfg.auth,
+            vec![
+                AuthSource::File { dir: Some(f.users.clone()), file: None, logins: vec![] },
+                AuthSource::File { dir: None, file: Some(ak.clone()), logins: vec!["alice".into(), "*".into()] },
+                AuthSource::Command {
+                    command: "/usr/local/bin/keys %u %f".into(),
+                    run_as: "keys".into(),
+                    timeout: Duration::from_secs(90)
+                },
+            ]
         );
-        assert!(errs
-            .iter()
-            .find(|e| e.key == "auth[1].type")
-            .unwrap()
-            .message
-            .contains("not supported by this build yet"));
-        assert!(errs.iter().any(|e| e
-            .to_string()
-            .starts_with(&format!("{}: limits.login_grace: ", f.display()))));
+        assert_eq!(cfg.allow.len(), 2);
+        assert_eq!(cfg.allow[1].key, "allow[1]");
+        assert_eq!(cfg.allow[1].principals, vec!["alice", "group:ops"]);
+        assert_eq!(cfg.allow[1].to, vec!["db.internal:5432", "10.1.0.0/16:*", "[::1]:22"]);
+        assert_eq!(cfg.audit, Audit { dir: "/srv/audit".into(), stdout: true });
+        assert_eq!(
+            cfg.sandbox,
+            Sandbox {
+                enabled: false,
+                uid_base: 100_000,
+                uid_count: 1000,
+                memory_limit: 256 << 20,
+                runtime_dir: "/run/b2".into()
+            }
+        );
+        assert_eq!(
+            cfg.limits,
+            Limits {
+                login_grace: Duration::from_secs(5),
+                max_startups: 32,
+                per_source: 4,
+                max_sessions: 200,
+                connect_timeout: Duration::from_secs(3),
+                shutdown_grace: Duration::ZERO,
+            }
+        );
+        assert_eq!(cfg.origins.of("allow[1].to[2]"), f.path());
+        assert_eq!(cfg.origins.of("limits.per_source"), f.path());
     }
 
     #[test]
-    fn missing_things_and_bad_files() {
-        let d = tempfile::tempdir().unwrap();
-        let f = write(
-            d.path(),
-            "c.toml",
-            "[[auth]]\ntype = \"file\"\ndir = \"nowhere\"\nfile = \"x\"\n",
+    fn precedence_file_env_flag_per_leaf() {
+        let f = fixture();
+        let text = format!(
+            "listen = [\"127.0.0.1:1\"]\n{}[audit]\ndir = \"/file/audit\"\nstdout = true\n[limits]\nmax_startups = 30\nper_source = 3\n",
+            f.minimal()
         );
-        let errs = errors(load(Some(&f), Vec::new(), Vec::new()));
-        let hk = errs.iter().find(|e| e.key == "host_keys").unwrap();
-        assert!(hk.hint.as_deref().unwrap().contains("ssh-keygen"));
-        assert!(errs
-            .iter()
-            .any(|e| e.key == "auth[0]" && e.message.contains("not both")));
-        let f = write(
-            d.path(),
-            "c2.toml",
-            "host_keys = [\"/no/such/key\"]\n[[auth]]\ntype=\"file\"\ndir=\"/no/such/dir\"\n",
+        let env = [
+            ("BASTION_AUDIT__DIR", "/env/audit"),
+            ("BASTION_LIMITS__MAX_STARTUPS", "20"),
+            ("BASTION_LISTEN", "127.0.0.1:2"),
+            ("BASTION_LOG", "debug"),
+            ("BASTION_CONFIG", "/elsewhere.toml"),
+            ("HOME", "/root"),
+        ];
+        let flags = vec![flag("limits.max_startups", Value::Integer(10), "flag --max-startups")];
+        let cfg = ok(f.load(&text, &env, flags));
+        assert_eq!(cfg.audit.dir, PathBuf::from("/env/audit"));
+        assert!(cfg.audit.stdout, "the file's audit.stdout survives BASTION_AUDIT__DIR");
+        assert_eq!(cfg.limits.max_startups, 10);
+        assert_eq!(cfg.limits.per_source, 3);
+        assert_eq!(cfg.listen, vec!["127.0.0.1:2".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(cfg.origins.of("audit.dir"), "environment variable BASTION_AUDIT__DIR");
+        assert_eq!(cfg.origins.of("audit.stdout"), f.path());
+        assert_eq!(cfg.origins.of("limits.max_startups"), "flag --max-startups");
+        assert_eq!(cfg.origins.of("limits.per_source"), f.path());
+        assert_eq!(cfg.origins.of("listen[0]"), "environment variable BASTION_LISTEN");
+        assert_eq!(cfg.origins.of("limits.login_grace"), "default");
+    }
+
+    #[test]
+    fn env_lists_are_split_on_commas() {
+        let f = fixture();
+        let env = [("BASTION_LISTEN", "127.0.0.1:2222, [::1]:2222")];
+        let cfg = ok(f.load(&f.minimal(), &env, vec![]));
+        assert_eq!(cfg.listen, vec!["127.0.0.1:2222".parse::<SocketAddr>().unwrap(), "[::1]:2222".parse().unwrap()]);
+
+        // A TOML array works too, and so does a comma-separated flag value.
+        let cfg = ok(f.load(&f.minimal(), &[("BASTION_LISTEN", r#"["127.0.0.1:1", "127.0.0.1:2"]"#)], vec![]));
+        assert_eq!(cfg.listen.len(), 2);
+        let flags = vec![flag("listen", Value::String("127.0.0.1:3,127.0.0.1:4".into()), "flag --listen")];
+        let cfg = ok(f.load(&f.minimal(), &[], flags));
+        assert_eq!(cfg.listen.len(), 2);
+        assert_eq!(cfg.listen[1].port(), 4);
+    }
+
+    #[test]
+    fn env_scalars_are_typed() {
+        let f = fixture();
+        let env = [
+            ("BASTION_SANDBOX__ENABLED", "false"),
+            ("BASTION_SANDBOX__MEMORY_LIMIT", "128MiB"),
+            ("BASTION_SANDBOX__UID_COUNT", "10"),
+            ("BASTION_LIMITS__LOGIN_GRACE", "1m"),
+            ("BASTION_AUDIT__STDOUT", "true"),
+        ];
+        let cfg = ok(f.load(&f.minimal(), &env, vec![]));
+        assert!(!cfg.sandbox.enabled);
+        assert_eq!(cfg.sandbox.memory_limit, 128 << 20);
+        assert_eq!(cfg.sandbox.uid_count, 10);
+        assert_eq!(cfg.limits.login_grace, Duration::from_secs(60));
+        assert!(cfg.audit.stdout);
+
+        let e = one(f.load(&f.minimal(), &[("BASTION_LIMITS__MAX_SESSIONS", "many")], vec![]));
+        assert_eq!(e.key, "limits.max_sessions");
+        assert_eq!(e.source, "environment variable BASTION_LIMITS__MAX_SESSIONS");
+        assert!(e.message.contains("expected an integer") && e.message.contains("found a string"), "{e}");
+    }
+
+    #[test]
+    fn env_array_of_tables_replaces_the_whole_array() {
+        let f = fixture();
+        let text = format!("{}[[allow]]\nprincipals = [\"*\"]\nto = [\"a:1\"]\n", f.minimal());
+        let env = [
+            ("BASTION_AUTH", r#"[{type = "command", command = "/bin/keys %u", timeout = "5s"}]"#),
+            ("BASTION_ALLOW", r#"[{principals = ["bob"], to = ["b:2"]}, {principals = ["carol"], to = ["c:3"]}]"#),
+        ];
+        let cfg = ok(f.load(&text, &env, vec![]));
+        assert_eq!(
+            cfg.auth,
+            vec![AuthSource::Command {
+                command: "/bin/keys %u".into(),
+                run_as: "nobody".into(),
+                timeout: Duration::from_secs(5)
+            }]
         );
-        let errs = errors(load(Some(&f), Vec::new(), Vec::new()));
-        assert!(errs.iter().any(|e| e.key == "host_keys[0]"));
-        assert!(errs.iter().any(|e| e.key == "auth[0].dir"));
-        let f = write(d.path(), "c3.toml", "listen = [\n");
-        let errs = errors(load(Some(&f), Vec::new(), Vec::new()));
-        assert_eq!(errs.len(), 1);
-        assert!(
-            errs[0].message.contains("not valid TOML") && errs[0].message.contains("line"),
-            "{}",
-            errs[0].message
+        assert_eq!(cfg.allow.len(), 2);
+        assert_eq!(cfg.allow[1].principals, vec!["carol"]);
+        assert_eq!(cfg.origins.of("auth[0].command"), "environment variable BASTION_AUTH");
+        assert_eq!(cfg.origins.of(&cfg.allow[1].key), "environment variable BASTION_ALLOW");
+
+        // Problems inside it name the variable.
+        let e = errs(f.load(&f.minimal(), &[("BASTION_AUTH", r#"[{type = "file", dirr = "/x"}]"#)], vec![]));
+        let keys: Vec<(&str, &str)> = e.iter().map(|e| (e.key.as_str(), e.source.as_str())).collect();
+        let var = "environment variable BASTION_AUTH";
+        assert_eq!(keys, vec![("auth[0]", var), ("auth[0].dirr", var)]);
+
+        // A single entry cannot be patched through the environment.
+        let e = one(f.load(&f.minimal(), &[("BASTION_AUTH__DIR", "/x")], vec![]));
+        assert_eq!(e.key, "auth.dir");
+        assert_eq!(e.source, "environment variable BASTION_AUTH__DIR");
+        assert!(e.hint.unwrap().contains("BASTION_AUTH='[{"));
+    }
+
+    #[test]
+    fn unknown_key_in_file() {
+        let f = fixture();
+        let e = one(f.load(&format!("lisen = [\"0.0.0.0:22\"]\n{}", f.minimal()), &[], vec![]));
+        assert_eq!(e.key, "lisen");
+        assert_eq!(e.source, f.path());
+        assert_eq!(e.message, "unknown key \"lisen\"");
+        assert_eq!(e.hint.as_deref(), Some("did you mean listen?"));
+        assert_eq!(e.to_string(), format!("{}: lisen: unknown key \"lisen\"", f.path()));
+
+        let e = one(f.load(&format!("frobnicate = 1\n{}", f.minimal()), &[], vec![]));
+        assert_eq!(e.hint, None);
+    }
+
+    #[test]
+    fn unknown_key_in_nested_table() {
+        let f = fixture();
+        let e = one(f.load(&format!("{}[limits]\nmax_startup = 5\n", f.minimal()), &[], vec![]));
+        assert_eq!(e.key, "limits.max_startup");
+        assert_eq!(e.source, f.path());
+        assert_eq!(e.message, "unknown key \"max_startup\"");
+        assert_eq!(e.hint.as_deref(), Some("did you mean max_startups?"));
+    }
+
+    #[test]
+    fn unknown_key_in_auth_entry() {
+        let f = fixture();
+        let text = format!("{}[[auth]]\ntype = \"file\"\ndirr = {:?}\n", f.minimal(), f.users);
+        let e = errs(f.load(&text, &[], vec![]));
+        let unknown = e.iter().find(|e| e.key == "auth[1].dirr").unwrap();
+        assert_eq!(unknown.source, f.path());
+        assert_eq!(unknown.hint.as_deref(), Some("did you mean dir?"));
+        // Without dirr being a dir, the entry has neither dir nor file.
+        assert!(e.iter().any(|e| e.key == "auth[1]" && e.message.contains("needs dir or file")), "{e:#?}");
+        assert_eq!(e.len(), 2);
+
+        // A key of the other type is named as such.
+        let text = format!("{}timeout = \"5s\"\n", f.minimal());
+        let e = one(f.load(&text, &[], vec![]));
+        assert_eq!(e.key, "auth[0].timeout");
+        assert!(e.message.contains("does not apply to type = \"file\""), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_as_env_var_and_flag() {
+        let f = fixture();
+        let e = one(f.load(&f.minimal(), &[("BASTION_LISEN", "0.0.0.0:22")], vec![]));
+        assert_eq!(e.key, "lisen");
+        assert_eq!(e.source, "environment variable BASTION_LISEN");
+        assert_eq!(e.message, "unknown key \"lisen\"");
+        assert_eq!(e.hint.as_deref(), Some("did you mean BASTION_LISTEN?"));
+
+        let e = one(f.load(&f.minimal(), &[("BASTION_LIMITS__MAX_STARTUP", "5")], vec![]));
+        assert_eq!(e.key, "limits.max_startup");
+        assert_eq!(e.source, "environment variable BASTION_LIMITS__MAX_STARTUP");
+        assert_eq!(e.hint.as_deref(), Some("did you mean BASTION_LIMITS__MAX_STARTUPS?"));
+
+        let e = one(f.load(&f.minimal(), &[], vec![flag("audit.dri", Value::String("/x".into()), "flag --audit-dri")]));
+        assert_eq!(e.key, "audit.dri");
+        assert_eq!(e.source, "flag --audit-dri");
+        assert_eq!(e.hint.as_deref(), Some("did you mean audit.dir?"));
+
+        let e = one(f.load(&f.minimal(), &[("BASTION_LIMITS____X", "5")], vec![]));
+        assert_eq!(e.source, "environment variable BASTION_LIMITS____X");
+    }
+
+    #[test]
+    fn several_errors_are_collected() {
+        let f = fixture();
+        let text = format!(
+            "lisen = []\n{}[audit]\nstdout = \"yes\"\n[sandbox]\nmemory_limit = \"1MiB\"\n[limits]\nmax_startups = -3\nlogin_grace = \"soon\"\n",
+            f.minimal()
         );
-        assert_eq!(errs[0].source, f.display().to_string());
+        let env = [("BASTION_SANDBOX__UID_BASE", "5"), ("BASTION_NOPE", "1")];
+        let e = errs(f.load(&text, &env, vec![]));
+        let mut keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            vec![
+                "audit.stdout",
+                "limits.login_grace",
+                "limits.max_startups",
+                "lisen",
+                "nope",
+                "sandbox.memory_limit",
+                "sandbox.uid_base"
+            ],
+            "{e:#?}"
+        );
+        let source = |key: &str| e.iter().find(|e| e.key == key).unwrap().source.clone();
+        assert_eq!(source("sandbox.uid_base"), "environment variable BASTION_SANDBOX__UID_BASE");
+        assert_eq!(source("nope"), "environment variable BASTION_NOPE");
+        assert_eq!(source("limits.max_startups"), f.path());
+    }
+
+    #[test]
+    fn wrong_types() {
+        let f = fixture();
+        let text = format!(
+            "listen = \"0.0.0.0:22\"\n{}[audit]\nstdout = \"yes\"\n[sandbox]\nuid_count = \"5\"\n[limits]\nlogin_grace = 20\n",
+            f.minimal()
+        );
+        let e = errs(f.load(&text, &[], vec![]));
+        assert_eq!(e.len(), 4, "{e:#?}");
+        let msg = |key: &str| e.iter().find(|e| e.key == key).unwrap().message.clone();
+        assert_eq!(msg("listen"), "expected a list of strings, found a string (\"0.0.0.0:22\")");
+        assert_eq!(msg("audit.stdout"), "expected a boolean (true or false), found a string (\"yes\")");
+        assert_eq!(msg("sandbox.uid_count"), "expected an integer between 1 and 4294967294, found a string (\"5\")");
+        assert_eq!(msg("limits.login_grace"), "expected a duration such as \"20s\", found an integer (20)");
+
+        let e = one(f.load(&format!("audit = 5\n{}", f.minimal()), &[], vec![]));
+        assert_eq!((e.key.as_str(), e.message.as_str()), ("audit", "expected a table, found an integer (5)"));
+
+        let e = one(f.load(&format!("listen = [\"0.0.0.0:22\", 7]\n{}", f.minimal()), &[], vec![]));
+        assert_eq!(e.key, "listen[1]");
+
+        let text = format!("host_keys = [{:?}]\n[auth]\ntype = \"file\"\ndir = {:?}\n", f.key, f.users);
+        let e = one(f.load(&text, &[], vec![]));
+        assert_eq!(e.key, "auth");
+        assert_eq!(e.message, "expected an array of tables, found a table");
+        assert!(e.hint.unwrap().contains("[[auth]]"));
+    }
+
+    #[test]
+    fn out_of_range_integers() {
+        let f = fixture();
+        let e = one(f.load(&format!("{}[limits]\nmax_startups = -3\n", f.minimal()), &[], vec![]));
+        assert_eq!(e.key, "limits.max_startups");
+        assert_eq!(e.message, "expected an integer between 1 and 1000000, found -3");
+
+        let e = one(f.load(&format!("{}[sandbox]\nuid_base = 999\n", f.minimal()), &[], vec![]));
+        assert_eq!(e.message, "expected an integer between 1000 and 4294967294, found 999");
+
+        let e = one(f.load(&format!("{}[sandbox]\nuid_base = 4294967000\n", f.minimal()), &[], vec![]));
+        assert_eq!(e.key, "sandbox.uid_base", "only uid_base was set, so it is blamed");
+        assert!(e.message.contains("must not exceed 4294967294"), "{e}");
+
+        let e =
+            one(f.load(&format!("{}[sandbox]\nuid_base = 4294967000\nuid_count = 10000\n", f.minimal()), &[], vec![]));
+        assert_eq!(e.key, "sandbox.uid_count");
+
+        let e = one(f.load(&format!("{}[sandbox]\nmemory_limit = \"63MiB\"\n", f.minimal()), &[], vec![]));
+        assert_eq!(e.message, "must be at least 64MiB, found 63MiB");
+    }
+
+    #[test]
+    fn per_source_above_max_startups() {
+        let f = fixture();
+        let e = one(f.load(&format!("{}[limits]\nmax_startups = 8\nper_source = 9\n", f.minimal()), &[], vec![]));
+        assert_eq!(e.key, "limits.per_source");
+        assert_eq!(e.message, "per_source (9) must not exceed max_startups (8)");
+
+        // Only max_startups was set (from the environment): it is the one to blame.
+        let e = one(f.load(&f.minimal(), &[("BASTION_LIMITS__MAX_STARTUPS", "5")], vec![]));
+        assert_eq!(e.key, "limits.max_startups");
+        assert_eq!(e.source, "environment variable BASTION_LIMITS__MAX_STARTUPS");
+    }
+
+    #[test]
+    fn bad_durations() {
+        let f = fixture();
+        let e = one(f.load(&format!("{}[limits]\nlogin_grace = \"soon\"\n", f.minimal()), &[], vec![]));
+        assert_eq!(e.key, "limits.login_grace");
+        assert!(e.message.starts_with("invalid duration \"soon\""), "{e}");
+        assert!(e.hint.is_some());
+
+        let e = one(f.load(&format!("{}[limits]\nlogin_grace = \"0s\"\n", f.minimal()), &[], vec![]));
+        assert_eq!(e.message, "must be longer than zero");
+
+        let text =
+            format!("{}[[auth]]\ntype = \"command\"\ncommand = \"/bin/k\"\ntimeout = \"10 parsecs\"\n", f.minimal());
+        let e = one(f.load(&text, &[], vec![]));
+        assert_eq!(e.key, "auth[1].timeout");
+    }
+
+    #[test]
+    fn missing_host_keys_has_a_hint() {
+        let f = fixture();
+        let text = format!("[[auth]]\ntype = \"file\"\ndir = {:?}\n", f.users);
+        let e = one(f.load(&text, &[], vec![]));
+        assert_eq!(e.key, "host_keys");
+        assert_eq!(e.source, f.path());
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("create one with: ssh-keygen -t ed25519 -N '' -f /etc/bastion/ssh_host_ed25519_key")
+        );
+
+        let e = one(f.load(&format!("host_keys = []\n{text}"), &[], vec![]));
+        assert_eq!(e.key, "host_keys");
+        assert!(e.hint.unwrap().starts_with("create one with: ssh-keygen"));
+    }
+
+    #[test]
+    fn nonexistent_host_key() {
+        let f = fixture();
+        let missing = f.dir.path().join("nope");
+        let text =
+            format!("host_keys = [{:?}, {:?}]\n[[auth]]\ntype = \"file\"\ndir = {:?}\n", f.key, missing, f.users);
+        let e = one(f.load(&text, &[], vec![]));
+        assert_eq!(e.key, "host_keys[1]");
+        assert_eq!(e.message, format!("{} does not exist", missing.display()));
+
+        let text = format!("host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\ndir = {:?}\n", f.users, f.users);
+        let e = one(f.load(&text, &[], vec![]));
+        assert_eq!(e.key, "host_keys[0]");
+        assert!(e.message.ends_with("is not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn auth_dir_must_be_a_directory() {
+        let f = fixture();
+        let text = format!("host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\ndir = {:?}\n", f.key, f.key);
+        let e = one(f.load(&text, &[], vec![]));
+        assert_eq!(e.key, "auth[0].dir");
+        assert_eq!(e.message, format!("{} is not a directory", f.key.display()));
+
+        let text = format!("host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\ndir = \"/does/not/exist\"\n", f.key);
+        let e = one(f.load(&text, &[], vec![]));
+        assert_eq!(e.message, "/does/not/exist does not exist");
+    }
+
+    #[test]
+    fn auth_file_rules() {
+        let f = fixture();
+        let both = format!("{}file = \"/x\"\nlogins = [\"a\"]\n", f.minimal());
+        let e = errs(f.load(&both, &[], vec![]));
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].key, "auth[0]");
+        assert_eq!(e[0].message, "dir and file exclude each other; set exactly one");
+
+        let base = format!("host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\n", f.key);
+        let e = one(f.load(&format!("{base}file = \"/x\"\n"), &[], vec![]));
+        assert_eq!(e.key, "auth[0].logins");
+        assert!(e.message.starts_with("required with file"));
+
+        let e = one(f.load(&format!("{base}dir = {:?}\nlogins = [\"a\"]\n", f.users), &[], vec![]));
+        assert_eq!(e.key, "auth[0].logins");
+
+        let e = one(f.load(&format!("{base}file = \"/x\"\nlogins = []\n"), &[], vec![]));
+        assert_eq!(e.key, "auth[0].logins");
+        assert_eq!(e.message, "must not be empty");
+    }
+
+    #[test]
+    fn command_rules() {
+        let f = fixture();
+        let base = format!("host_keys = [{:?}]\n[[auth]]\ntype = \"command\"\n", f.key);
+        let e = one(f.load(&format!("{base}command = \"keys %u\"\n"), &[], vec![]));
+        assert_eq!(e.key, "auth[0].command");
+        assert_eq!(e.message, "the program must be an absolute path, found \"keys\"");
+
+        let e = one(f.load(&format!("{base}command = \"  \"\n"), &[], vec![]));
+        assert_eq!(e.message, "must not be empty");
+
+        let e = errs(f.load(&format!("{base}run_as = \"\"\n"), &[], vec![]));
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, vec!["auth[0].command", "auth[0].run_as"]);
+    }
+
+    #[test]
+    fn unknown_auth_type() {
+        let f = fixture();
+        let text = format!("host_keys = [{:?}]\n[[auth]]\ntype = \"ldap\"\ndir = \"/x\"\n", f.key);
+        let e = one(f.load(&text, &[], vec![]));
+        assert_eq!(e.key, "auth[0].type");
+        assert_eq!(e.message, "unknown type \"ldap\"; known types are \"file\" and \"command\"");
+
+        let e = one(f.load(&format!("host_keys = [{:?}]\n[[auth]]\ndir = \"/x\"\n", f.key), &[], vec![]));
+        assert_eq!((e.key.as_str(), e.message.as_str()), ("auth[0].type", "missing"));
+    }
+
+    #[test]
+    fn iam_is_not_supported_yet() {
+        let f = fixture();
+        for kind in ["iam", "eic"] {
+            let text = format!("host_keys = [{:?}]\n[[auth]]\ntype = {kind:?}\n", f.key);
+            let e = one(f.load(&text, &[], vec![]));
+            assert_eq!(e.key, "auth[0].type");
+            assert_eq!(e.message, format!("type \"{kind}\" is not supported by this build yet"));
+        }
+    }
+
+    #[test]
+    fn empty_auth_and_allow_rules() {
+        let f = fixture();
+        let e = one(f.load(&format!("host_keys = [{:?}]\nauth = []\n", f.key), &[], vec![]));
+        assert_eq!(e.key, "auth");
+        assert_eq!(e.source, f.path());
+
+        let text = format!("{}[[allow]]\nprincipals = []\nto = [\"x\", 1]\nwho = 1\n", f.minimal());
+        let e = errs(f.load(&text, &[], vec![]));
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, vec!["allow[0].principals", "allow[0].to[1]", "allow[0].who"]);
+
+        let e = one(f.load(&format!("{}[[allow]]\nprincipals = [\"*\"]\n", f.minimal()), &[], vec![]));
+        assert_eq!((e.key.as_str(), e.message.as_str()), ("allow[0].to", "missing"));
+    }
+
+    #[test]
+    fn relative_paths() {
+        let f = fixture();
+        fs::create_dir(f.dir.path().join("etc")).unwrap();
+        fs::rename(&f.key, f.dir.path().join("etc/hostkey")).unwrap();
+        fs::create_dir(f.dir.path().join("etc/users")).unwrap();
+        let path = f.dir.path().join("etc/bastion.toml");
+        fs::write(
+            &path,
+            "host_keys = [\"hostkey\"]\n[[auth]]\ntype = \"file\"\ndir = \"users\"\n[audit]\ndir = \"../audit\"\n",
+        )
+        .unwrap();
+        let env = vars(&[("BASTION_SANDBOX__RUNTIME_DIR", "/run/x")]);
+        let flags = vec![flag("audit.dir", Value::String("rel/audit".into()), "flag --audit-dir")];
+        let cfg = ok(load(Some(&path), env.clone(), vec![]));
+        let etc = f.dir.path().join("etc");
+        assert_eq!(cfg.host_keys, vec![etc.join("hostkey")]);
+        assert_eq!(cfg.auth, vec![AuthSource::File { dir: Some(etc.join("users")), file: None, logins: vec![] }]);
+        assert_eq!(cfg.audit.dir, etc.join("../audit"));
+        // From a flag (or the environment), relative to the current directory.
+        let cfg = ok(load(Some(&path), env, flags));
+        assert_eq!(cfg.audit.dir, std::env::current_dir().unwrap().join("rel/audit"));
+
+        let e = one(load(Some(&path), vars(&[("BASTION_SANDBOX__RUNTIME_DIR", "run")]), vec![]));
+        assert_eq!(e.key, "sandbox.runtime_dir");
+        assert_eq!(e.message, "must be an absolute path, found \"run\"");
+    }
+
+    #[test]
+    fn toml_syntax_error_names_file_and_line() {
+        let f = fixture();
+        let e = one(f.load("listen = [\"0.0.0.0:22\"]\n\nhost_keys = /etc/key\n", &[("BASTION_NOPE", "1")], vec![]));
+        assert_eq!(e.source, f.path());
+        assert_eq!(e.key, "");
+        assert!(e.message.starts_with("invalid TOML at line 3, column 13"), "{e}");
+        assert_eq!(e.to_string(), format!("{}: {}", f.path(), e.message));
+    }
+
+    #[test]
+    fn unreadable_file() {
+        let f = fixture();
+        let path = f.dir.path().join("missing.toml");
+        let e = one(load(Some(&path), vec![], vec![]));
+        assert_eq!(e.source, path.display().to_string());
+        assert!(e.message.starts_with("cannot read the configuration file"), "{e}");
+    }
+
+    #[test]
+    fn from_table_names_its_source() {
+        let f = fixture();
+        let table: Table = toml::from_str(&format!("{}[limits]\nper_source = 0\n", f.minimal())).unwrap();
+        let e = one(from_table(table, "dev mode defaults", vec![], vec![]));
+        assert_eq!(e.key, "limits.per_source");
+        assert_eq!(e.source, "dev mode defaults");
+        assert_eq!(
+            e.to_string(),
+            "dev mode defaults: limits.per_source: expected an integer between 1 and 1000000, found 0"
+        );
     }
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("1GiB"), Some(1 << 30));
-        assert_eq!(parse_size("512MiB"), Some(512 << 20));
-        assert_eq!(parse_size("100"), Some(100));
-        assert_eq!(parse_size("1TB"), None);
-        assert_eq!(distance("lisen", "listen"), 1);
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512 mib"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("10B"), Ok(10));
+        assert!(parse_size("1GB").is_err());
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        assert!(parse_size("17179869184GiB").is_err());
+        assert_eq!(format_size(1 << 30), "1GiB");
+        assert_eq!(format_size(3 << 19), "1536KiB");
+        assert_eq!(format_size(7), "7B");
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(edit_distance("lisen", "listen"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(suggest("max_startup", &names(LIMITS_KEYS)), Some("max_startups"));
+        assert_eq!(suggest("zzz", &names(ROOT_KEYS)), None);
     }
 }

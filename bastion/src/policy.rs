@@ -492,11 +492,20 @@ impl Policy {
                     }
                 }
             }
-            if let (Some((kind, _)), None) = (protection, &protected_reason) {
-                protected_reason = Some(format!(
-                    "{ip} is {}; only a rule that names it explicitly allows it",
-                    kind.describe()
-                ));
+            if let (Some((kind, range)), None) = (protection, &protected_reason) {
+                // When a rule does name this protected address (for other
+                // ports), the generic "no rule allows … on port" is the truth.
+                let named = applicable.iter().flat_map(|(_, r)| &r.to).any(|t| match &t.host {
+                    HostPattern::Net(n) if kind == Protected::Own => *n == IpNet::from(ip),
+                    HostPattern::Net(n) => n.contains(&ip) && range.contains(n),
+                    HostPattern::Name(_) => false,
+                });
+                if !named {
+                    protected_reason = Some(format!(
+                        "{ip} is {}; only a rule that names it explicitly allows it",
+                        kind.describe()
+                    ));
+                }
             }
         }
         if let Some(reason) = protected_reason {
@@ -721,6 +730,10 @@ mod tests {
             allowed(&ask(&explicit, "a", "10.0.0.5", 22, &["10.0.0.5"])),
             "own address named exactly"
         );
+        match ask(&explicit, "a", "127.0.0.1", 23, &["127.0.0.1"]) {
+            Decision::Deny { reason } => assert!(reason.contains("no rule allows a to reach 127.0.0.1 on port 23"), "{reason}"),
+            d => panic!("{d:?}"),
+        }
         let own_wide = policy(&[(&["*"], &["10.0.0.0/8:22"])]);
         match ask(&own_wide, "a", "10.0.0.5", 22, &["10.0.0.5"]) {
             Decision::Deny { reason } => assert!(reason.contains("bastion's own"), "{reason}"),

@@ -278,11 +278,10 @@ def tmpfs(path: Path, size: str, cleanups: list) -> None:
 
 def fill(path: Path) -> None:
     """Fills the filesystem holding `path` until ENOSPC."""
-    with open(path / "filler", "wb") as f:
+    with open(path / "filler", "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 4096)
-                f.flush()
         except OSError:
             pass
 
