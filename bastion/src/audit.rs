@@ -398,6 +398,13 @@ impl AuditLog {
         self.inner.healthy.load(Ordering::Acquire)
     }
 
+    /// After a failure: can the directory take a write again? Runs the same
+    /// probe as [`AuditLog::open`] (create, append, sync, remove a file). It does
+    /// not change [`AuditLog::healthy`]; the next successful event write does.
+    pub fn recheck(&self) -> Result<(), AuditError> {
+        probe(&self.inner.dir)
+    }
+
     /// The (absolute) audit directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir

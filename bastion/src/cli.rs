@@ -509,6 +509,7 @@ fn selftest(forbidden: bool) -> ExitCode {
             log_json: false,
             log_filter: "warn".into(),
             selftest_forbidden: Some(forbidden),
+            refuse: None,
         };
         ipc::send_blocking(&ours, &ToWorker::Init(init)).map_err(|e| e.to_string())?;
         match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None) {

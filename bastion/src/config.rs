@@ -105,8 +105,10 @@ const MAX_COUNT: i64 = 1_000_000;
 /// Smallest `sandbox.memory_limit`: below this a worker cannot even start.
 const MIN_MEMORY_LIMIT: u64 = 64 << 20;
 
-const HOST_KEY_HINT: &str = "create one with: ssh-keygen -t ed25519 -N '' -f /etc/bastion/ssh_host_ed25519_key";
-const AUTH_HINT: &str = "add a key source, e.g.:\n[[auth]]\ntype = \"file\"\ndir = \"/etc/bastion/users\"";
+const HOST_KEY_HINT: &str =
+    "create one with: ssh-keygen -t ed25519 -N '' -f /etc/bastion/ssh_host_ed25519_key";
+const AUTH_HINT: &str =
+    "add a key source, e.g.:\n[[auth]]\ntype = \"file\"\ndir = \"/etc/bastion/users\"";
 const DURATION_HINT: &str = "write a duration such as \"20s\", \"1m 30s\" or \"500ms\"";
 const FILE_OR_DIR_HINT: &str =
     "use dir for one authorized_keys file per login (<dir>/<login>), or file with logins for one shared file";
@@ -231,7 +233,8 @@ impl Origins {
     /// tables has the source of the whole list.
     #[must_use]
     pub fn of(&self, key: &str) -> String {
-        self.find(key).map_or_else(|| "default".to_string(), |o| o.source.clone())
+        self.find(key)
+            .map_or_else(|| "default".to_string(), |o| o.source.clone())
     }
 
     /// Whether `key` (or the list or table it belongs to) was set explicitly rather than left
@@ -258,8 +261,15 @@ impl Origins {
     fn set(&mut self, key: String, source: &str, from_file: bool) {
         let dotted = format!("{key}.");
         let indexed = format!("{key}[");
-        self.map.retain(|k, _| !k.starts_with(&dotted) && !k.starts_with(&indexed));
-        self.map.insert(key, Origin { source: source.to_string(), from_file });
+        self.map
+            .retain(|k, _| !k.starts_with(&dotted) && !k.starts_with(&indexed));
+        self.map.insert(
+            key,
+            Origin {
+                source: source.to_string(),
+                from_file,
+            },
+        );
     }
 }
 
@@ -329,8 +339,14 @@ pub fn load(
             hint: None,
         }]
     })?;
-    let table = parse_file(&text)
-        .map_err(|message| vec![ConfigError { key: String::new(), source: source.clone(), message, hint: None }])?;
+    let table = parse_file(&text).map_err(|message| {
+        vec![ConfigError {
+            key: String::new(),
+            source: source.clone(),
+            message,
+            hint: None,
+        }]
+    })?;
     let dir = path.parent().unwrap_or_else(|| Path::new(""));
     build(table, Some(&source), &source, Some(dir), env, overrides)
 }
@@ -357,7 +373,12 @@ impl Config {
     #[must_use]
     pub fn defaults_table() -> Table {
         fn table(entries: Vec<(&str, Value)>) -> Value {
-            Value::Table(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+            Value::Table(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            )
         }
         fn text(s: &str) -> Value {
             Value::String(s.to_string())
@@ -371,7 +392,13 @@ impl Config {
         let count = |n: usize| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
         let mut t = Table::new();
         t.insert("listen".into(), Value::Array(vec![text(DEFAULT_LISTEN)]));
-        t.insert("audit".into(), table(vec![("dir", text(DEFAULT_AUDIT_DIR)), ("stdout", Value::Boolean(false))]));
+        t.insert(
+            "audit".into(),
+            table(vec![
+                ("dir", text(DEFAULT_AUDIT_DIR)),
+                ("stdout", Value::Boolean(false)),
+            ]),
+        );
         t.insert(
             "sandbox".into(),
             table(vec![
@@ -446,7 +473,9 @@ const ROOT_KEYS: &[(&str, Kind)] = &[
 ];
 const AUTH_FILE_KEYS: &[&str] = &["dir", "file", "logins"];
 const AUTH_COMMAND_KEYS: &[&str] = &["command", "run_as", "timeout"];
-const AUTH_KEYS: &[&str] = &["type", "dir", "file", "logins", "command", "run_as", "timeout"];
+const AUTH_KEYS: &[&str] = &[
+    "type", "dir", "file", "logins", "command", "run_as", "timeout",
+];
 const ALLOW_KEYS: &[&str] = &["principals", "to"];
 
 fn lookup(schema: &[(&'static str, Kind)], name: &str) -> Option<Kind> {
@@ -491,13 +520,20 @@ struct Merger {
 
 impl Merger {
     fn error(&mut self, key: String, via: &Via, message: String, hint: Option<String>) {
-        self.errors.push(ConfigError { key, source: via.source(), message, hint });
+        self.errors.push(ConfigError {
+            key,
+            source: via.source(),
+            message,
+            hint,
+        });
     }
 
     fn env(&mut self, env: impl IntoIterator<Item = (String, String)>) {
         let mut vars: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(name, _)| name.starts_with(ENV_PREFIX) && !RESERVED_ENV.contains(&name.as_str()))
+            .filter(|(name, _)| {
+                name.starts_with(ENV_PREFIX) && !RESERVED_ENV.contains(&name.as_str())
+            })
             .collect();
         // Sorted, so that BASTION_LIMITS (a whole table) comes before BASTION_LIMITS__….
         vars.sort();
@@ -510,11 +546,15 @@ impl Merger {
                     path.join("."),
                     &via,
                     "not a valid configuration variable name".into(),
-                    Some(format!("nested keys are joined with __, e.g. {ENV_PREFIX}LIMITS__MAX_STARTUPS")),
+                    Some(format!(
+                        "nested keys are joined with __, e.g. {ENV_PREFIX}LIMITS__MAX_STARTUPS"
+                    )),
                 );
                 continue;
             }
-            let value = raw.parse::<Value>().unwrap_or_else(|_| Value::String(raw.clone()));
+            let value = raw
+                .parse::<Value>()
+                .unwrap_or_else(|_| Value::String(raw.clone()));
             self.apply(&path, value, Some(&raw), &via);
         }
     }
@@ -524,7 +564,12 @@ impl Merger {
             let via = Via::Flag(&o.source);
             let path: Vec<&str> = o.key.split('.').collect();
             if path.iter().any(|p| p.is_empty()) {
-                self.error(o.key.clone(), &via, "not a valid configuration key".into(), None);
+                self.error(
+                    o.key.clone(),
+                    &via,
+                    "not a valid configuration key".into(),
+                    None,
+                );
                 continue;
             }
             self.apply(&path, o.value, None, &via);
@@ -534,9 +579,12 @@ impl Merger {
     /// Sets `path` to `value`. `raw` is the environment variable's text, if the value came from one.
     fn apply(&mut self, path: &[&str], value: Value, raw: Option<&str>, via: &Via) {
         let key = path.join(".");
-        let Some((&first, rest)) = path.split_first() else { return };
+        let Some((&first, rest)) = path.split_first() else {
+            return;
+        };
         let Some(kind) = lookup(ROOT_KEYS, first) else {
-            let hint = suggest(first, &names(ROOT_KEYS)).map(|c| format!("did you mean {}?", via.spell(&[c])));
+            let hint = suggest(first, &names(ROOT_KEYS))
+                .map(|c| format!("did you mean {}?", via.spell(&[c])));
             self.error(key, via, format!("unknown key {first:?}"), hint);
             return;
         };
@@ -548,14 +596,20 @@ impl Merger {
                     }
                 }
                 other => {
-                    let hint = format!("set its keys one by one, e.g. {}", via.spell(&[first, "…"]));
-                    self.error(key, via, format!("expected a table, found {}", describe(&other)), Some(hint));
+                    let hint =
+                        format!("set its keys one by one, e.g. {}", via.spell(&[first, "…"]));
+                    self.error(
+                        key,
+                        via,
+                        format!("expected a table, found {}", describe(&other)),
+                        Some(hint),
+                    );
                 }
             },
             (Kind::Section(fields), [name, deeper @ ..]) => {
                 let Some(leaf) = lookup(fields, name) else {
-                    let hint =
-                        suggest(name, &names(fields)).map(|c| format!("did you mean {}?", via.spell(&[first, c])));
+                    let hint = suggest(name, &names(fields))
+                        .map(|c| format!("did you mean {}?", via.spell(&[first, c])));
                     self.error(key, via, format!("unknown key {name:?}"), hint);
                     return;
                 };
@@ -564,11 +618,15 @@ impl Merger {
                     return;
                 }
                 let value = normalize(leaf, value, raw);
-                let section = self.root.entry(first).or_insert_with(|| Value::Table(Table::new()));
+                let section = self
+                    .root
+                    .entry(first)
+                    .or_insert_with(|| Value::Table(Table::new()));
                 // If the lower layer holds something else than a table here, the reader reports it.
                 if let Value::Table(t) = section {
                     t.insert((*name).to_string(), value);
-                    self.origins.set(format!("{first}.{name}"), &via.source(), false);
+                    self.origins
+                        .set(format!("{first}.{name}"), &via.source(), false);
                 }
             }
             (Kind::Tables, [_, ..]) => {
@@ -587,10 +645,16 @@ impl Merger {
                 );
             }
             (_, [_, ..]) => {
-                self.error(key, via, format!("{first} has no sub-keys"), Some(format!("set {}", via.spell(&[first]))));
+                self.error(
+                    key,
+                    via,
+                    format!("{first} has no sub-keys"),
+                    Some(format!("set {}", via.spell(&[first]))),
+                );
             }
             (leaf, []) => {
-                self.root.insert(first.to_string(), normalize(leaf, value, raw));
+                self.root
+                    .insert(first.to_string(), normalize(leaf, value, raw));
                 self.origins.set(first.to_string(), &via.source(), false);
             }
         }
@@ -601,13 +665,20 @@ impl Merger {
 /// list is split on commas; text that merely looks like another TOML type stays text.
 fn normalize(kind: Kind, value: Value, raw: Option<&str>) -> Value {
     let split = |s: &str| {
-        Value::Array(s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect())
+        Value::Array(
+            s.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.into()))
+                .collect(),
+        )
     };
     match (kind, value, raw) {
         (Kind::List, Value::String(s), _) => split(&s),
         (Kind::List, Value::Array(a), _) => Value::Array(a),
         (Kind::List, _, Some(raw)) => split(raw),
-        (Kind::Text, v @ Value::String(_), _) | (Kind::Size, v @ (Value::String(_) | Value::Integer(_)), _) => v,
+        (Kind::Text, v @ Value::String(_), _)
+        | (Kind::Size, v @ (Value::String(_) | Value::Integer(_)), _) => v,
         (Kind::Text | Kind::Size, _, Some(raw)) => Value::String(raw.to_string()),
         (_, v, _) => v,
     }
@@ -634,11 +705,24 @@ fn build(
             }
         }
     }
-    let mut merger = Merger { root: file, origins, errors: Vec::new() };
+    let mut merger = Merger {
+        root: file,
+        origins,
+        errors: Vec::new(),
+    };
     merger.env(env);
     merger.flags(overrides);
-    let Merger { root, origins, errors } = merger;
-    let mut reader = Reader { origins: &origins, base_dir, base_source, errors };
+    let Merger {
+        root,
+        origins,
+        errors,
+    } = merger;
+    let mut reader = Reader {
+        origins: &origins,
+        base_dir,
+        base_source,
+        errors,
+    };
     let config = reader.config(root);
     let errors = reader.errors;
     match config {
@@ -722,12 +806,25 @@ impl Reader<'_> {
     }
 
     fn missing(&mut self, key: &str, message: impl Into<String>, hint: Option<String>) {
-        let source = if self.origins.is_set(key) { self.origins.of(key) } else { self.base_source.to_string() };
-        self.errors.push(ConfigError { key: key.to_string(), source, message: message.into(), hint });
+        let source = if self.origins.is_set(key) {
+            self.origins.of(key)
+        } else {
+            self.base_source.to_string()
+        };
+        self.errors.push(ConfigError {
+            key: key.to_string(),
+            source,
+            message: message.into(),
+            hint,
+        });
     }
 
     fn wrong_type(&mut self, key: &str, expected: &str, found: &Value) {
-        self.push(key, format!("expected {expected}, found {}", describe(found)), None);
+        self.push(
+            key,
+            format!("expected {expected}, found {}", describe(found)),
+            None,
+        );
     }
 
     /// Reports the keys left in `t` as unknown.
@@ -805,7 +902,10 @@ impl Reader<'_> {
             other => {
                 self.push(
                     key,
-                    format!("expected a duration such as \"20s\", found {}", describe(&other)),
+                    format!(
+                        "expected a duration such as \"20s\", found {}",
+                        describe(&other)
+                    ),
                     Some(DURATION_HINT.into()),
                 );
                 return None;
@@ -818,7 +918,11 @@ impl Reader<'_> {
             }
             Ok(d) => Some(d),
             Err(e) => {
-                self.push(key, format!("invalid duration {s:?}: {e}"), Some(DURATION_HINT.into()));
+                self.push(
+                    key,
+                    format!("invalid duration {s:?}: {e}"),
+                    Some(DURATION_HINT.into()),
+                );
                 None
             }
         }
@@ -826,12 +930,17 @@ impl Reader<'_> {
 
     fn size(&mut self, key: &str, v: Value, min: u64) -> Option<u64> {
         let parsed = match v {
-            Value::Integer(n) => u64::try_from(n).map_err(|_| format!("must not be negative, found {n}")),
+            Value::Integer(n) => {
+                u64::try_from(n).map_err(|_| format!("must not be negative, found {n}"))
+            }
             Value::String(s) => parse_size(&s).map_err(|e| format!("invalid size {s:?}: {e}")),
             other => {
                 self.push(
                     key,
-                    format!("expected a size such as \"1GiB\" or a number of bytes, found {}", describe(&other)),
+                    format!(
+                        "expected a size such as \"1GiB\" or a number of bytes, found {}",
+                        describe(&other)
+                    ),
                     None,
                 );
                 return None;
@@ -839,7 +948,15 @@ impl Reader<'_> {
         };
         match parsed {
             Ok(n) if n < min => {
-                self.push(key, format!("must be at least {}, found {}", format_size(min), format_size(n)), None);
+                self.push(
+                    key,
+                    format!(
+                        "must be at least {}, found {}",
+                        format_size(min),
+                        format_size(n)
+                    ),
+                    None,
+                );
                 None
             }
             Ok(n) => Some(n),
@@ -847,7 +964,10 @@ impl Reader<'_> {
                 self.push(
                     key,
                     message,
-                    Some("write a size such as \"512MiB\" or \"1GiB\" (units B, KiB, MiB, GiB)".into()),
+                    Some(
+                        "write a size such as \"512MiB\" or \"1GiB\" (units B, KiB, MiB, GiB)"
+                            .into(),
+                    ),
                 );
                 None
             }
@@ -863,7 +983,10 @@ impl Reader<'_> {
                 return None;
             }
         };
-        all(items.into_iter().enumerate().map(|(i, item)| self.string(&format!("{key}[{i}]"), item)))
+        all(items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| self.string(&format!("{key}[{i}]"), item)))
     }
 
     fn non_empty_strings(&mut self, key: &str, v: Value) -> Option<Vec<String>> {
@@ -942,11 +1065,18 @@ impl Reader<'_> {
         let problem = match std::fs::metadata(path) {
             Err(e) if e.kind() == ErrorKind::NotFound => Some((
                 format!("{} does not exist", path.display()),
-                Some(format!("create one with: ssh-keygen -t ed25519 -N '' -f {}", path.display())),
+                Some(format!(
+                    "create one with: ssh-keygen -t ed25519 -N '' -f {}",
+                    path.display()
+                )),
             )),
             Err(e) => Some((format!("cannot access {}: {e}", path.display()), None)),
-            Ok(m) if !m.is_file() => Some((format!("{} is not a regular file", path.display()), None)),
-            Ok(_) => std::fs::File::open(path).err().map(|e| (format!("cannot read {}: {e}", path.display()), None)),
+            Ok(m) if !m.is_file() => {
+                Some((format!("{} is not a regular file", path.display()), None))
+            }
+            Ok(_) => std::fs::File::open(path)
+                .err()
+                .map(|e| (format!("cannot read {}: {e}", path.display()), None)),
         };
         match problem {
             Some((message, hint)) => {
@@ -961,7 +1091,9 @@ impl Reader<'_> {
         let message = match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => return true,
             Ok(_) => format!("{} is not a directory", path.display()),
-            Err(e) if e.kind() == ErrorKind::NotFound => format!("{} does not exist", path.display()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                format!("{} does not exist", path.display())
+            }
             Err(e) => format!("cannot access {}: {e}", path.display()),
         };
         self.push(key, message, None);
@@ -1001,27 +1133,41 @@ impl Reader<'_> {
             );
             return None;
         }
-        all(list.iter().enumerate().map(|(i, s)| match s.trim().parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                self.push(
-                    &format!("listen[{i}]"),
-                    format!("invalid socket address {s:?}"),
-                    Some("write IP:PORT or [IPv6]:PORT, e.g. \"0.0.0.0:22\" or \"[::]:22\"".into()),
-                );
-                None
-            }
-        }))
+        all(list
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match s.trim().parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.push(
+                        &format!("listen[{i}]"),
+                        format!("invalid socket address {s:?}"),
+                        Some(
+                            "write IP:PORT or [IPv6]:PORT, e.g. \"0.0.0.0:22\" or \"[::]:22\""
+                                .into(),
+                        ),
+                    );
+                    None
+                }
+            }))
     }
 
     fn host_keys(&mut self, root: &mut Table) -> Option<Vec<PathBuf>> {
         let Some(v) = root.remove("host_keys") else {
-            self.missing("host_keys", "no host key configured; at least one is required", Some(HOST_KEY_HINT.into()));
+            self.missing(
+                "host_keys",
+                "no host key configured; at least one is required",
+                Some(HOST_KEY_HINT.into()),
+            );
             return None;
         };
         let list = self.strings("host_keys", v)?;
         if list.is_empty() {
-            self.push("host_keys", "no host key configured; at least one is required", Some(HOST_KEY_HINT.into()));
+            self.push(
+                "host_keys",
+                "no host key configured; at least one is required",
+                Some(HOST_KEY_HINT.into()),
+            );
             return None;
         }
         all(list.into_iter().enumerate().map(|(i, s)| {
@@ -1049,7 +1195,10 @@ impl Reader<'_> {
             );
             return None;
         }
-        all(entries.into_iter().enumerate().map(|(i, t)| self.auth_entry(i, t)))
+        all(entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| self.auth_entry(i, t)))
     }
 
     fn auth_entry(&mut self, i: usize, mut t: Table) -> Option<AuthSource> {
@@ -1058,7 +1207,11 @@ impl Reader<'_> {
         let kind = match t.remove("type") {
             Some(v) => self.string(&type_key, v),
             None => {
-                self.push(&type_key, "missing", Some("set type = \"file\" or type = \"command\"".into()));
+                self.push(
+                    &type_key,
+                    "missing",
+                    Some("set type = \"file\" or type = \"command\"".into()),
+                );
                 None
             }
         };
@@ -1074,7 +1227,11 @@ impl Reader<'_> {
                 None
             }
             Some(other) => {
-                self.push(&type_key, format!("unknown type {other:?}; known types are \"file\" and \"command\""), None);
+                self.push(
+                    &type_key,
+                    format!("unknown type {other:?}; known types are \"file\" and \"command\""),
+                    None,
+                );
                 None
             }
             None => None,
@@ -1091,7 +1248,11 @@ impl Reader<'_> {
     fn foreign_auth_keys(&mut self, t: &mut Table, p: &str, kind: &str, foreign: &[&str]) {
         for name in foreign {
             if t.remove(*name).is_some() {
-                self.push(&format!("{p}.{name}"), format!("{name} does not apply to type = {kind:?}"), None);
+                self.push(
+                    &format!("{p}.{name}"),
+                    format!("{name} does not apply to type = {kind:?}"),
+                    None,
+                );
             }
         }
     }
@@ -1104,11 +1265,19 @@ impl Reader<'_> {
         self.foreign_auth_keys(t, p, "file", AUTH_COMMAND_KEYS);
         match (dir, file) {
             (Some(_), Some(_)) => {
-                self.push(p, "dir and file exclude each other; set exactly one", Some(FILE_OR_DIR_HINT.into()));
+                self.push(
+                    p,
+                    "dir and file exclude each other; set exactly one",
+                    Some(FILE_OR_DIR_HINT.into()),
+                );
                 None
             }
             (None, None) => {
-                self.push(p, "type = \"file\" needs dir or file", Some(FILE_OR_DIR_HINT.into()));
+                self.push(
+                    p,
+                    "type = \"file\" needs dir or file",
+                    Some(FILE_OR_DIR_HINT.into()),
+                );
                 None
             }
             (Some(dir), None) => {
@@ -1139,19 +1308,31 @@ impl Reader<'_> {
                     }
                     Some(None) => None,
                     Some(Some(list)) if list.is_empty() => {
-                        self.push(&logins_key, "must not be empty", Some("use [\"*\"] for any login".into()));
+                        self.push(
+                            &logins_key,
+                            "must not be empty",
+                            Some("use [\"*\"] for any login".into()),
+                        );
                         None
                     }
                     Some(Some(list)) => {
-                        let empty: Vec<usize> =
-                            list.iter().enumerate().filter(|(_, l)| l.trim().is_empty()).map(|(i, _)| i).collect();
+                        let empty: Vec<usize> = list
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, l)| l.trim().is_empty())
+                            .map(|(i, _)| i)
+                            .collect();
                         for i in &empty {
                             self.push(&format!("{logins_key}[{i}]"), "must not be empty", None);
                         }
                         empty.is_empty().then_some(list)
                     }
                 };
-                Some(AuthSource::File { dir: None, file: Some(file?), logins: logins? })
+                Some(AuthSource::File {
+                    dir: None,
+                    file: Some(file?),
+                    logins: logins?,
+                })
             }
         }
     }
@@ -1175,43 +1356,76 @@ impl Reader<'_> {
                     self.push(
                         &command_key,
                         format!("the program must be an absolute path, found {program:?}"),
-                        Some(format!("write the full path, e.g. /usr/local/bin/{program}")),
+                        Some(format!(
+                            "write the full path, e.g. /usr/local/bin/{program}"
+                        )),
                     );
                     None
                 }
             }),
         };
-        let run_as = self.field(t, p, "run_as", DEFAULT_RUN_AS.to_string(), Self::non_empty_string);
-        let timeout = self.field(t, p, "timeout", DEFAULT_COMMAND_TIMEOUT, |r, k, v| r.duration(k, v, true));
+        let run_as = self.field(
+            t,
+            p,
+            "run_as",
+            DEFAULT_RUN_AS.to_string(),
+            Self::non_empty_string,
+        );
+        let timeout = self.field(t, p, "timeout", DEFAULT_COMMAND_TIMEOUT, |r, k, v| {
+            r.duration(k, v, true)
+        });
         self.foreign_auth_keys(t, p, "command", AUTH_FILE_KEYS);
-        Some(AuthSource::Command { command: command?, run_as: run_as?, timeout: timeout? })
+        Some(AuthSource::Command {
+            command: command?,
+            run_as: run_as?,
+            timeout: timeout?,
+        })
     }
 
     fn allow(&mut self, root: &mut Table) -> Option<Vec<AllowRule>> {
-        let Some(v) = root.remove("allow") else { return Some(Vec::new()) };
+        let Some(v) = root.remove("allow") else {
+            return Some(Vec::new());
+        };
         let entries = self.tables("allow", v)?;
         all(entries.into_iter().enumerate().map(|(i, mut t)| {
             let key = format!("allow[{i}]");
             let mut required = |r: &mut Self, name: &str| match t.remove(name) {
                 Some(v) => r.non_empty_strings(&format!("{key}.{name}"), v),
                 None => {
-                    r.push(&format!("{key}.{name}"), "missing", Some(format!("every [[allow]] rule needs {name}")));
+                    r.push(
+                        &format!("{key}.{name}"),
+                        "missing",
+                        Some(format!("every [[allow]] rule needs {name}")),
+                    );
                     None
                 }
             };
             let principals = required(self, "principals");
             let to = required(self, "to");
             self.leftovers(t, &key, ALLOW_KEYS);
-            Some(AllowRule { principals: principals?, to: to?, key })
+            Some(AllowRule {
+                principals: principals?,
+                to: to?,
+                key,
+            })
         }))
     }
 
     fn audit(&mut self, root: &mut Table) -> Option<Audit> {
         let mut t = self.section(root, "audit")?;
-        let dir = self.field(&mut t, "audit", "dir", PathBuf::from(DEFAULT_AUDIT_DIR), Self::path);
+        let dir = self.field(
+            &mut t,
+            "audit",
+            "dir",
+            PathBuf::from(DEFAULT_AUDIT_DIR),
+            Self::path,
+        );
         let stdout = self.field(&mut t, "audit", "stdout", false, Self::boolean);
         self.leftovers(t, "audit", &names(AUDIT_KEYS));
-        Some(Audit { dir: dir?, stdout: stdout? })
+        Some(Audit {
+            dir: dir?,
+            stdout: stdout?,
+        })
     }
 
     fn sandbox(&mut self, root: &mut Table) -> Option<Sandbox> {
@@ -1219,20 +1433,34 @@ impl Reader<'_> {
         let s = "sandbox";
         let max = i64::try_from(MAX_UID).unwrap_or(i64::MAX);
         let enabled = self.field(&mut t, s, "enabled", true, Self::boolean);
-        let uid_base =
-            self.field(&mut t, s, "uid_base", DEFAULT_UID_BASE, |r, k, v| r.integer(k, v, MIN_UID_BASE, max));
-        let uid_count = self.field(&mut t, s, "uid_count", DEFAULT_UID_COUNT, |r, k, v| r.integer(k, v, 1, max));
-        let memory_limit =
-            self.field(&mut t, s, "memory_limit", DEFAULT_MEMORY_LIMIT, |r, k, v| r.size(k, v, MIN_MEMORY_LIMIT));
-        let runtime_dir = self.field(&mut t, s, "runtime_dir", PathBuf::from(DEFAULT_RUNTIME_DIR), |r, k, v| {
-            let dir = r.string(k, v)?;
-            if Path::new(&dir).is_absolute() {
-                Some(PathBuf::from(dir))
-            } else {
-                r.push(k, format!("must be an absolute path, found {dir:?}"), None);
-                None
-            }
+        let uid_base = self.field(&mut t, s, "uid_base", DEFAULT_UID_BASE, |r, k, v| {
+            r.integer(k, v, MIN_UID_BASE, max)
         });
+        let uid_count = self.field(&mut t, s, "uid_count", DEFAULT_UID_COUNT, |r, k, v| {
+            r.integer(k, v, 1, max)
+        });
+        let memory_limit = self.field(
+            &mut t,
+            s,
+            "memory_limit",
+            DEFAULT_MEMORY_LIMIT,
+            |r, k, v| r.size(k, v, MIN_MEMORY_LIMIT),
+        );
+        let runtime_dir = self.field(
+            &mut t,
+            s,
+            "runtime_dir",
+            PathBuf::from(DEFAULT_RUNTIME_DIR),
+            |r, k, v| {
+                let dir = r.string(k, v)?;
+                if Path::new(&dir).is_absolute() {
+                    Some(PathBuf::from(dir))
+                } else {
+                    r.push(k, format!("must be an absolute path, found {dir:?}"), None);
+                    None
+                }
+            },
+        );
         self.leftovers(t, s, &names(SANDBOX_KEYS));
         let (uid_base, uid_count) = (uid_base?, uid_count?);
         let end = u64::from(uid_base) + u64::from(uid_count);
@@ -1245,28 +1473,61 @@ impl Reader<'_> {
             );
             return None;
         }
-        Some(Sandbox { enabled: enabled?, uid_base, uid_count, memory_limit: memory_limit?, runtime_dir: runtime_dir? })
+        Some(Sandbox {
+            enabled: enabled?,
+            uid_base,
+            uid_count,
+            memory_limit: memory_limit?,
+            runtime_dir: runtime_dir?,
+        })
     }
 
     fn limits(&mut self, root: &mut Table) -> Option<Limits> {
         let mut t = self.section(root, "limits")?;
         let l = "limits";
-        let login_grace = self.field(&mut t, l, "login_grace", DEFAULT_LOGIN_GRACE, |r, k, v| r.duration(k, v, true));
-        let max_startups =
-            self.field(&mut t, l, "max_startups", DEFAULT_MAX_STARTUPS, |r, k, v| r.integer(k, v, 1, MAX_COUNT));
-        let per_source =
-            self.field(&mut t, l, "per_source", DEFAULT_PER_SOURCE, |r, k, v| r.integer(k, v, 1, MAX_COUNT));
-        let max_sessions =
-            self.field(&mut t, l, "max_sessions", DEFAULT_MAX_SESSIONS, |r, k, v| r.integer(k, v, 1, MAX_COUNT));
-        let connect_timeout =
-            self.field(&mut t, l, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, |r, k, v| r.duration(k, v, true));
-        let shutdown_grace =
-            self.field(&mut t, l, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE, |r, k, v| r.duration(k, v, false));
+        let login_grace = self.field(&mut t, l, "login_grace", DEFAULT_LOGIN_GRACE, |r, k, v| {
+            r.duration(k, v, true)
+        });
+        let max_startups = self.field(
+            &mut t,
+            l,
+            "max_startups",
+            DEFAULT_MAX_STARTUPS,
+            |r, k, v| r.integer(k, v, 1, MAX_COUNT),
+        );
+        let per_source = self.field(&mut t, l, "per_source", DEFAULT_PER_SOURCE, |r, k, v| {
+            r.integer(k, v, 1, MAX_COUNT)
+        });
+        let max_sessions = self.field(
+            &mut t,
+            l,
+            "max_sessions",
+            DEFAULT_MAX_SESSIONS,
+            |r, k, v| r.integer(k, v, 1, MAX_COUNT),
+        );
+        let connect_timeout = self.field(
+            &mut t,
+            l,
+            "connect_timeout",
+            DEFAULT_CONNECT_TIMEOUT,
+            |r, k, v| r.duration(k, v, true),
+        );
+        let shutdown_grace = self.field(
+            &mut t,
+            l,
+            "shutdown_grace",
+            DEFAULT_SHUTDOWN_GRACE,
+            |r, k, v| r.duration(k, v, false),
+        );
         self.leftovers(t, l, &names(LIMITS_KEYS));
         let (max_startups, per_source) = (max_startups?, per_source?);
         if per_source > max_startups {
             let key = self.blame("limits.per_source", "limits.max_startups");
-            self.push(key, format!("per_source ({per_source}) must not exceed max_startups ({max_startups})"), None);
+            self.push(
+                key,
+                format!("per_source ({per_source}) must not exceed max_startups ({max_startups})"),
+                None,
+            );
             return None;
         }
         Some(Limits {
@@ -1321,7 +1582,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "gib" => 30,
         _ => return Err(format!("unknown unit {unit:?}; use B, KiB, MiB or GiB")),
     };
-    n.checked_mul(1u64 << shift).ok_or_else(|| "size too large".to_string())
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| "size too large".to_string())
 }
 
 /// Formats a byte count with the largest unit that divides it.
@@ -1330,7 +1592,10 @@ fn format_size(n: u64) -> String {
     UNITS
         .iter()
         .find(|(shift, _)| n != 0 && n.is_multiple_of(1u64 << shift))
-        .map_or_else(|| format!("{n}B"), |(shift, unit)| format!("{}{unit}", n >> shift))
+        .map_or_else(
+            || format!("{n}B"),
+            |(shift, unit)| format!("{}{unit}", n >> shift),
+        )
 }
 
 /// The closest of `candidates` to `name`, if within an edit distance of 2.
@@ -1384,7 +1649,10 @@ mod tests {
     impl Fixture {
         /// The smallest valid file.
         fn minimal(&self) -> String {
-            format!("host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\ndir = {:?}\n", self.key, self.users)
+            format!(
+                "host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\ndir = {:?}\n",
+                self.key, self.users
+            )
         }
 
         fn write(&self, name: &str, text: &str) -> PathBuf {
@@ -1393,7 +1661,12 @@ mod tests {
             path
         }
 
-        fn load(&self, text: &str, env: &[(&str, &str)], flags: Vec<Override>) -> Result<Config, Vec<ConfigError>> {
+        fn load(
+            &self,
+            text: &str,
+            env: &[(&str, &str)],
+            flags: Vec<Override>,
+        ) -> Result<Config, Vec<ConfigError>> {
             let path = self.write("bastion.toml", text);
             load(Some(&path), vars(env), flags)
         }
@@ -1404,7 +1677,9 @@ mod tests {
     }
 
     fn vars(env: &[(&str, &str)]) -> Vec<(String, String)> {
-        env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        env.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn ok(r: Result<Config, Vec<ConfigError>>) -> Config {
@@ -1428,18 +1703,38 @@ mod tests {
     }
 
     fn flag(key: &str, value: Value, source: &str) -> Override {
-        Override { key: key.into(), value, source: source.into() }
+        Override {
+            key: key.into(),
+            value,
+            source: source.into(),
+        }
     }
 
     #[test]
     fn defaults() {
         let f = fixture();
         let cfg = ok(f.load(&f.minimal(), &[], vec![]));
-        assert_eq!(cfg.listen, vec!["0.0.0.0:22".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            cfg.listen,
+            vec!["0.0.0.0:22".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(cfg.host_keys, vec![f.key.clone()]);
-        assert_eq!(cfg.auth, vec![AuthSource::File { dir: Some(f.users.clone()), file: None, logins: vec![] }]);
+        assert_eq!(
+            cfg.auth,
+            vec![AuthSource::File {
+                dir: Some(f.users.clone()),
+                file: None,
+                logins: vec![]
+            }]
+        );
         assert!(cfg.allow.is_empty());
-        assert_eq!(cfg.audit, Audit { dir: "/var/log/bastion".into(), stdout: false });
+        assert_eq!(
+            cfg.audit,
+            Audit {
+                dir: "/var/log/bastion".into(),
+                stdout: false
+            }
+        );
         assert_eq!(
             cfg.sandbox,
             Sandbox {
@@ -1485,14 +1780,27 @@ mod tests {
         let f = fixture();
         let auth = format!("[{{type = \"file\", dir = {:?}}}]", f.users);
         let key = f.key.display().to_string();
-        let cfg = ok(load(None, vars(&[("BASTION_HOST_KEYS", &key), ("BASTION_AUTH", &auth)]), vec![]));
+        let cfg = ok(load(
+            None,
+            vars(&[("BASTION_HOST_KEYS", &key), ("BASTION_AUTH", &auth)]),
+            vec![],
+        ));
         assert_eq!(cfg.host_keys, vec![f.key.clone()]);
-        assert_eq!(cfg.origins.of("host_keys[0]"), "environment variable BASTION_HOST_KEYS");
+        assert_eq!(
+            cfg.origins.of("host_keys[0]"),
+            "environment variable BASTION_HOST_KEYS"
+        );
 
         let e = errs(load(None, vec![], vec![]));
         assert_eq!(e.len(), 2, "{e:#?}");
-        assert_eq!((e[0].key.as_str(), e[0].source.as_str()), ("host_keys", "configuration"));
-        assert_eq!((e[1].key.as_str(), e[1].source.as_str()), ("auth", "configuration"));
+        assert_eq!(
+            (e[0].key.as_str(), e[0].source.as_str()),
+            ("host_keys", "configuration")
+        );
+        assert_eq!(
+            (e[1].key.as_str(), e[1].source.as_str()),
+            ("auth", "configuration")
+        );
     }
 
     #[test]
@@ -1551,12 +1859,26 @@ shutdown_grace = "0s"
             ak = ak,
         );
         let cfg = ok(f.load(&text, &[], vec![]));
-        assert_eq!(cfg.listen, vec!["127.0.0.1:2222".parse::<SocketAddr>().unwrap(), "[::1]:2222".parse().unwrap()]);
+        assert_eq!(
+            cfg.listen,
+            vec![
+                "127.0.0.1:2222".parse::<SocketAddr>().unwrap(),
+                "[::1]:2222".parse().unwrap()
+            ]
+        );
         assert_eq!(
             cfg.auth,
             vec![
-                AuthSource::File { dir: Some(f.users.clone()), file: None, logins: vec![] },
-                AuthSource::File { dir: None, file: Some(ak.clone()), logins: vec!["alice".into(), "*".into()] },
+                AuthSource::File {
+                    dir: Some(f.users.clone()),
+                    file: None,
+                    logins: vec![]
+                },
+                AuthSource::File {
+                    dir: None,
+                    file: Some(ak.clone()),
+                    logins: vec!["alice".into(), "*".into()]
+                },
                 AuthSource::Command {
                     command: "/usr/local/bin/keys %u %f".into(),
                     run_as: "keys".into(),
@@ -1567,8 +1889,17 @@ shutdown_grace = "0s"
         assert_eq!(cfg.allow.len(), 2);
         assert_eq!(cfg.allow[1].key, "allow[1]");
         assert_eq!(cfg.allow[1].principals, vec!["alice", "group:ops"]);
-        assert_eq!(cfg.allow[1].to, vec!["db.internal:5432", "10.1.0.0/16:*", "[::1]:22"]);
-        assert_eq!(cfg.audit, Audit { dir: "/srv/audit".into(), stdout: true });
+        assert_eq!(
+            cfg.allow[1].to,
+            vec!["db.internal:5432", "10.1.0.0/16:*", "[::1]:22"]
+        );
+        assert_eq!(
+            cfg.audit,
+            Audit {
+                dir: "/srv/audit".into(),
+                stdout: true
+            }
+        );
         assert_eq!(
             cfg.sandbox,
             Sandbox {
@@ -1609,18 +1940,34 @@ shutdown_grace = "0s"
             ("BASTION_CONFIG", "/elsewhere.toml"),
             ("HOME", "/root"),
         ];
-        let flags = vec![flag("limits.max_startups", Value::Integer(10), "flag --max-startups")];
+        let flags = vec![flag(
+            "limits.max_startups",
+            Value::Integer(10),
+            "flag --max-startups",
+        )];
         let cfg = ok(f.load(&text, &env, flags));
         assert_eq!(cfg.audit.dir, PathBuf::from("/env/audit"));
-        assert!(cfg.audit.stdout, "the file's audit.stdout survives BASTION_AUDIT__DIR");
+        assert!(
+            cfg.audit.stdout,
+            "the file's audit.stdout survives BASTION_AUDIT__DIR"
+        );
         assert_eq!(cfg.limits.max_startups, 10);
         assert_eq!(cfg.limits.per_source, 3);
-        assert_eq!(cfg.listen, vec!["127.0.0.1:2".parse::<SocketAddr>().unwrap()]);
-        assert_eq!(cfg.origins.of("audit.dir"), "environment variable BASTION_AUDIT__DIR");
+        assert_eq!(
+            cfg.listen,
+            vec!["127.0.0.1:2".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            cfg.origins.of("audit.dir"),
+            "environment variable BASTION_AUDIT__DIR"
+        );
         assert_eq!(cfg.origins.of("audit.stdout"), f.path());
         assert_eq!(cfg.origins.of("limits.max_startups"), "flag --max-startups");
         assert_eq!(cfg.origins.of("limits.per_source"), f.path());
-        assert_eq!(cfg.origins.of("listen[0]"), "environment variable BASTION_LISTEN");
+        assert_eq!(
+            cfg.origins.of("listen[0]"),
+            "environment variable BASTION_LISTEN"
+        );
         assert_eq!(cfg.origins.of("limits.login_grace"), "default");
     }
 
@@ -1629,12 +1976,26 @@ shutdown_grace = "0s"
         let f = fixture();
         let env = [("BASTION_LISTEN", "127.0.0.1:2222, [::1]:2222")];
         let cfg = ok(f.load(&f.minimal(), &env, vec![]));
-        assert_eq!(cfg.listen, vec!["127.0.0.1:2222".parse::<SocketAddr>().unwrap(), "[::1]:2222".parse().unwrap()]);
+        assert_eq!(
+            cfg.listen,
+            vec![
+                "127.0.0.1:2222".parse::<SocketAddr>().unwrap(),
+                "[::1]:2222".parse().unwrap()
+            ]
+        );
 
         // A TOML array works too, and so does a comma-separated flag value.
-        let cfg = ok(f.load(&f.minimal(), &[("BASTION_LISTEN", r#"["127.0.0.1:1", "127.0.0.1:2"]"#)], vec![]));
+        let cfg = ok(f.load(
+            &f.minimal(),
+            &[("BASTION_LISTEN", r#"["127.0.0.1:1", "127.0.0.1:2"]"#)],
+            vec![],
+        ));
         assert_eq!(cfg.listen.len(), 2);
-        let flags = vec![flag("listen", Value::String("127.0.0.1:3,127.0.0.1:4".into()), "flag --listen")];
+        let flags = vec![flag(
+            "listen",
+            Value::String("127.0.0.1:3,127.0.0.1:4".into()),
+            "flag --listen",
+        )];
         let cfg = ok(f.load(&f.minimal(), &[], flags));
         assert_eq!(cfg.listen.len(), 2);
         assert_eq!(cfg.listen[1].port(), 4);
@@ -1657,19 +2018,38 @@ shutdown_grace = "0s"
         assert_eq!(cfg.limits.login_grace, Duration::from_secs(60));
         assert!(cfg.audit.stdout);
 
-        let e = one(f.load(&f.minimal(), &[("BASTION_LIMITS__MAX_SESSIONS", "many")], vec![]));
+        let e = one(f.load(
+            &f.minimal(),
+            &[("BASTION_LIMITS__MAX_SESSIONS", "many")],
+            vec![],
+        ));
         assert_eq!(e.key, "limits.max_sessions");
-        assert_eq!(e.source, "environment variable BASTION_LIMITS__MAX_SESSIONS");
-        assert!(e.message.contains("expected an integer") && e.message.contains("found a string"), "{e}");
+        assert_eq!(
+            e.source,
+            "environment variable BASTION_LIMITS__MAX_SESSIONS"
+        );
+        assert!(
+            e.message.contains("expected an integer") && e.message.contains("found a string"),
+            "{e}"
+        );
     }
 
     #[test]
     fn env_array_of_tables_replaces_the_whole_array() {
         let f = fixture();
-        let text = format!("{}[[allow]]\nprincipals = [\"*\"]\nto = [\"a:1\"]\n", f.minimal());
+        let text = format!(
+            "{}[[allow]]\nprincipals = [\"*\"]\nto = [\"a:1\"]\n",
+            f.minimal()
+        );
         let env = [
-            ("BASTION_AUTH", r#"[{type = "command", command = "/bin/keys %u", timeout = "5s"}]"#),
-            ("BASTION_ALLOW", r#"[{principals = ["bob"], to = ["b:2"]}, {principals = ["carol"], to = ["c:3"]}]"#),
+            (
+                "BASTION_AUTH",
+                r#"[{type = "command", command = "/bin/keys %u", timeout = "5s"}]"#,
+            ),
+            (
+                "BASTION_ALLOW",
+                r#"[{principals = ["bob"], to = ["b:2"]}, {principals = ["carol"], to = ["c:3"]}]"#,
+            ),
         ];
         let cfg = ok(f.load(&text, &env, vec![]));
         assert_eq!(
@@ -1682,12 +2062,25 @@ shutdown_grace = "0s"
         );
         assert_eq!(cfg.allow.len(), 2);
         assert_eq!(cfg.allow[1].principals, vec!["carol"]);
-        assert_eq!(cfg.origins.of("auth[0].command"), "environment variable BASTION_AUTH");
-        assert_eq!(cfg.origins.of(&cfg.allow[1].key), "environment variable BASTION_ALLOW");
+        assert_eq!(
+            cfg.origins.of("auth[0].command"),
+            "environment variable BASTION_AUTH"
+        );
+        assert_eq!(
+            cfg.origins.of(&cfg.allow[1].key),
+            "environment variable BASTION_ALLOW"
+        );
 
         // Problems inside it name the variable.
-        let e = errs(f.load(&f.minimal(), &[("BASTION_AUTH", r#"[{type = "file", dirr = "/x"}]"#)], vec![]));
-        let keys: Vec<(&str, &str)> = e.iter().map(|e| (e.key.as_str(), e.source.as_str())).collect();
+        let e = errs(f.load(
+            &f.minimal(),
+            &[("BASTION_AUTH", r#"[{type = "file", dirr = "/x"}]"#)],
+            vec![],
+        ));
+        let keys: Vec<(&str, &str)> = e
+            .iter()
+            .map(|e| (e.key.as_str(), e.source.as_str()))
+            .collect();
         let var = "environment variable BASTION_AUTH";
         assert_eq!(keys, vec![("auth[0]", var), ("auth[0].dirr", var)]);
 
@@ -1701,12 +2094,19 @@ shutdown_grace = "0s"
     #[test]
     fn unknown_key_in_file() {
         let f = fixture();
-        let e = one(f.load(&format!("lisen = [\"0.0.0.0:22\"]\n{}", f.minimal()), &[], vec![]));
+        let e = one(f.load(
+            &format!("lisen = [\"0.0.0.0:22\"]\n{}", f.minimal()),
+            &[],
+            vec![],
+        ));
         assert_eq!(e.key, "lisen");
         assert_eq!(e.source, f.path());
         assert_eq!(e.message, "unknown key \"lisen\"");
         assert_eq!(e.hint.as_deref(), Some("did you mean listen?"));
-        assert_eq!(e.to_string(), format!("{}: lisen: unknown key \"lisen\"", f.path()));
+        assert_eq!(
+            e.to_string(),
+            format!("{}: lisen: unknown key \"lisen\"", f.path())
+        );
 
         let e = one(f.load(&format!("frobnicate = 1\n{}", f.minimal()), &[], vec![]));
         assert_eq!(e.hint, None);
@@ -1715,7 +2115,11 @@ shutdown_grace = "0s"
     #[test]
     fn unknown_key_in_nested_table() {
         let f = fixture();
-        let e = one(f.load(&format!("{}[limits]\nmax_startup = 5\n", f.minimal()), &[], vec![]));
+        let e = one(f.load(
+            &format!("{}[limits]\nmax_startup = 5\n", f.minimal()),
+            &[],
+            vec![],
+        ));
         assert_eq!(e.key, "limits.max_startup");
         assert_eq!(e.source, f.path());
         assert_eq!(e.message, "unknown key \"max_startup\"");
@@ -1725,20 +2129,31 @@ shutdown_grace = "0s"
     #[test]
     fn unknown_key_in_auth_entry() {
         let f = fixture();
-        let text = format!("{}[[auth]]\ntype = \"file\"\ndirr = {:?}\n", f.minimal(), f.users);
+        let text = format!(
+            "{}[[auth]]\ntype = \"file\"\ndirr = {:?}\n",
+            f.minimal(),
+            f.users
+        );
         let e = errs(f.load(&text, &[], vec![]));
         let unknown = e.iter().find(|e| e.key == "auth[1].dirr").unwrap();
         assert_eq!(unknown.source, f.path());
         assert_eq!(unknown.hint.as_deref(), Some("did you mean dir?"));
         // Without dirr being a dir, the entry has neither dir nor file.
-        assert!(e.iter().any(|e| e.key == "auth[1]" && e.message.contains("needs dir or file")), "{e:#?}");
+        assert!(
+            e.iter()
+                .any(|e| e.key == "auth[1]" && e.message.contains("needs dir or file")),
+            "{e:#?}"
+        );
         assert_eq!(e.len(), 2);
 
         // A key of the other type is named as such.
         let text = format!("{}timeout = \"5s\"\n", f.minimal());
         let e = one(f.load(&text, &[], vec![]));
         assert_eq!(e.key, "auth[0].timeout");
-        assert!(e.message.contains("does not apply to type = \"file\""), "{e}");
+        assert!(
+            e.message.contains("does not apply to type = \"file\""),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1750,12 +2165,27 @@ shutdown_grace = "0s"
         assert_eq!(e.message, "unknown key \"lisen\"");
         assert_eq!(e.hint.as_deref(), Some("did you mean BASTION_LISTEN?"));
 
-        let e = one(f.load(&f.minimal(), &[("BASTION_LIMITS__MAX_STARTUP", "5")], vec![]));
+        let e = one(f.load(
+            &f.minimal(),
+            &[("BASTION_LIMITS__MAX_STARTUP", "5")],
+            vec![],
+        ));
         assert_eq!(e.key, "limits.max_startup");
         assert_eq!(e.source, "environment variable BASTION_LIMITS__MAX_STARTUP");
-        assert_eq!(e.hint.as_deref(), Some("did you mean BASTION_LIMITS__MAX_STARTUPS?"));
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("did you mean BASTION_LIMITS__MAX_STARTUPS?")
+        );
 
-        let e = one(f.load(&f.minimal(), &[], vec![flag("audit.dri", Value::String("/x".into()), "flag --audit-dri")]));
+        let e = one(f.load(
+            &f.minimal(),
+            &[],
+            vec![flag(
+                "audit.dri",
+                Value::String("/x".into()),
+                "flag --audit-dri",
+            )],
+        ));
         assert_eq!(e.key, "audit.dri");
         assert_eq!(e.source, "flag --audit-dri");
         assert_eq!(e.hint.as_deref(), Some("did you mean audit.dir?"));
@@ -1789,7 +2219,10 @@ shutdown_grace = "0s"
             "{e:#?}"
         );
         let source = |key: &str| e.iter().find(|e| e.key == key).unwrap().source.clone();
-        assert_eq!(source("sandbox.uid_base"), "environment variable BASTION_SANDBOX__UID_BASE");
+        assert_eq!(
+            source("sandbox.uid_base"),
+            "environment variable BASTION_SANDBOX__UID_BASE"
+        );
         assert_eq!(source("nope"), "environment variable BASTION_NOPE");
         assert_eq!(source("limits.max_startups"), f.path());
     }
@@ -1804,18 +2237,40 @@ shutdown_grace = "0s"
         let e = errs(f.load(&text, &[], vec![]));
         assert_eq!(e.len(), 4, "{e:#?}");
         let msg = |key: &str| e.iter().find(|e| e.key == key).unwrap().message.clone();
-        assert_eq!(msg("listen"), "expected a list of strings, found a string (\"0.0.0.0:22\")");
-        assert_eq!(msg("audit.stdout"), "expected a boolean (true or false), found a string (\"yes\")");
-        assert_eq!(msg("sandbox.uid_count"), "expected an integer between 1 and 4294967294, found a string (\"5\")");
-        assert_eq!(msg("limits.login_grace"), "expected a duration such as \"20s\", found an integer (20)");
+        assert_eq!(
+            msg("listen"),
+            "expected a list of strings, found a string (\"0.0.0.0:22\")"
+        );
+        assert_eq!(
+            msg("audit.stdout"),
+            "expected a boolean (true or false), found a string (\"yes\")"
+        );
+        assert_eq!(
+            msg("sandbox.uid_count"),
+            "expected an integer between 1 and 4294967294, found a string (\"5\")"
+        );
+        assert_eq!(
+            msg("limits.login_grace"),
+            "expected a duration such as \"20s\", found an integer (20)"
+        );
 
         let e = one(f.load(&format!("audit = 5\n{}", f.minimal()), &[], vec![]));
-        assert_eq!((e.key.as_str(), e.message.as_str()), ("audit", "expected a table, found an integer (5)"));
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            ("audit", "expected a table, found an integer (5)")
+        );
 
-        let e = one(f.load(&format!("listen = [\"0.0.0.0:22\", 7]\n{}", f.minimal()), &[], vec![]));
+        let e = one(f.load(
+            &format!("listen = [\"0.0.0.0:22\", 7]\n{}", f.minimal()),
+            &[],
+            vec![],
+        ));
         assert_eq!(e.key, "listen[1]");
 
-        let text = format!("host_keys = [{:?}]\n[auth]\ntype = \"file\"\ndir = {:?}\n", f.key, f.users);
+        let text = format!(
+            "host_keys = [{:?}]\n[auth]\ntype = \"file\"\ndir = {:?}\n",
+            f.key, f.users
+        );
         let e = one(f.load(&text, &[], vec![]));
         assert_eq!(e.key, "auth");
         assert_eq!(e.message, "expected an array of tables, found a table");
@@ -1825,51 +2280,106 @@ shutdown_grace = "0s"
     #[test]
     fn out_of_range_integers() {
         let f = fixture();
-        let e = one(f.load(&format!("{}[limits]\nmax_startups = -3\n", f.minimal()), &[], vec![]));
+        let e = one(f.load(
+            &format!("{}[limits]\nmax_startups = -3\n", f.minimal()),
+            &[],
+            vec![],
+        ));
         assert_eq!(e.key, "limits.max_startups");
-        assert_eq!(e.message, "expected an integer between 1 and 1000000, found -3");
+        assert_eq!(
+            e.message,
+            "expected an integer between 1 and 1000000, found -3"
+        );
 
-        let e = one(f.load(&format!("{}[sandbox]\nuid_base = 999\n", f.minimal()), &[], vec![]));
-        assert_eq!(e.message, "expected an integer between 1000 and 4294967294, found 999");
+        let e = one(f.load(
+            &format!("{}[sandbox]\nuid_base = 999\n", f.minimal()),
+            &[],
+            vec![],
+        ));
+        assert_eq!(
+            e.message,
+            "expected an integer between 1000 and 4294967294, found 999"
+        );
 
-        let e = one(f.load(&format!("{}[sandbox]\nuid_base = 4294967000\n", f.minimal()), &[], vec![]));
-        assert_eq!(e.key, "sandbox.uid_base", "only uid_base was set, so it is blamed");
+        let e = one(f.load(
+            &format!("{}[sandbox]\nuid_base = 4294967000\n", f.minimal()),
+            &[],
+            vec![],
+        ));
+        assert_eq!(
+            e.key, "sandbox.uid_base",
+            "only uid_base was set, so it is blamed"
+        );
         assert!(e.message.contains("must not exceed 4294967294"), "{e}");
 
-        let e =
-            one(f.load(&format!("{}[sandbox]\nuid_base = 4294967000\nuid_count = 10000\n", f.minimal()), &[], vec![]));
+        let e = one(f.load(
+            &format!(
+                "{}[sandbox]\nuid_base = 4294967000\nuid_count = 10000\n",
+                f.minimal()
+            ),
+            &[],
+            vec![],
+        ));
         assert_eq!(e.key, "sandbox.uid_count");
 
-        let e = one(f.load(&format!("{}[sandbox]\nmemory_limit = \"63MiB\"\n", f.minimal()), &[], vec![]));
+        let e = one(f.load(
+            &format!("{}[sandbox]\nmemory_limit = \"63MiB\"\n", f.minimal()),
+            &[],
+            vec![],
+        ));
         assert_eq!(e.message, "must be at least 64MiB, found 63MiB");
     }
 
     #[test]
     fn per_source_above_max_startups() {
         let f = fixture();
-        let e = one(f.load(&format!("{}[limits]\nmax_startups = 8\nper_source = 9\n", f.minimal()), &[], vec![]));
+        let e = one(f.load(
+            &format!(
+                "{}[limits]\nmax_startups = 8\nper_source = 9\n",
+                f.minimal()
+            ),
+            &[],
+            vec![],
+        ));
         assert_eq!(e.key, "limits.per_source");
         assert_eq!(e.message, "per_source (9) must not exceed max_startups (8)");
 
         // Only max_startups was set (from the environment): it is the one to blame.
-        let e = one(f.load(&f.minimal(), &[("BASTION_LIMITS__MAX_STARTUPS", "5")], vec![]));
+        let e = one(f.load(
+            &f.minimal(),
+            &[("BASTION_LIMITS__MAX_STARTUPS", "5")],
+            vec![],
+        ));
         assert_eq!(e.key, "limits.max_startups");
-        assert_eq!(e.source, "environment variable BASTION_LIMITS__MAX_STARTUPS");
+        assert_eq!(
+            e.source,
+            "environment variable BASTION_LIMITS__MAX_STARTUPS"
+        );
     }
 
     #[test]
     fn bad_durations() {
         let f = fixture();
-        let e = one(f.load(&format!("{}[limits]\nlogin_grace = \"soon\"\n", f.minimal()), &[], vec![]));
+        let e = one(f.load(
+            &format!("{}[limits]\nlogin_grace = \"soon\"\n", f.minimal()),
+            &[],
+            vec![],
+        ));
         assert_eq!(e.key, "limits.login_grace");
         assert!(e.message.starts_with("invalid duration \"soon\""), "{e}");
         assert!(e.hint.is_some());
 
-        let e = one(f.load(&format!("{}[limits]\nlogin_grace = \"0s\"\n", f.minimal()), &[], vec![]));
+        let e = one(f.load(
+            &format!("{}[limits]\nlogin_grace = \"0s\"\n", f.minimal()),
+            &[],
+            vec![],
+        ));
         assert_eq!(e.message, "must be longer than zero");
 
-        let text =
-            format!("{}[[auth]]\ntype = \"command\"\ncommand = \"/bin/k\"\ntimeout = \"10 parsecs\"\n", f.minimal());
+        let text = format!(
+            "{}[[auth]]\ntype = \"command\"\ncommand = \"/bin/k\"\ntimeout = \"10 parsecs\"\n",
+            f.minimal()
+        );
         let e = one(f.load(&text, &[], vec![]));
         assert_eq!(e.key, "auth[1].timeout");
     }
@@ -1883,7 +2393,9 @@ shutdown_grace = "0s"
         assert_eq!(e.source, f.path());
         assert_eq!(
             e.hint.as_deref(),
-            Some("create one with: ssh-keygen -t ed25519 -N '' -f /etc/bastion/ssh_host_ed25519_key")
+            Some(
+                "create one with: ssh-keygen -t ed25519 -N '' -f /etc/bastion/ssh_host_ed25519_key"
+            )
         );
 
         let e = one(f.load(&format!("host_keys = []\n{text}"), &[], vec![]));
@@ -1895,13 +2407,18 @@ shutdown_grace = "0s"
     fn nonexistent_host_key() {
         let f = fixture();
         let missing = f.dir.path().join("nope");
-        let text =
-            format!("host_keys = [{:?}, {:?}]\n[[auth]]\ntype = \"file\"\ndir = {:?}\n", f.key, missing, f.users);
+        let text = format!(
+            "host_keys = [{:?}, {:?}]\n[[auth]]\ntype = \"file\"\ndir = {:?}\n",
+            f.key, missing, f.users
+        );
         let e = one(f.load(&text, &[], vec![]));
         assert_eq!(e.key, "host_keys[1]");
         assert_eq!(e.message, format!("{} does not exist", missing.display()));
 
-        let text = format!("host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\ndir = {:?}\n", f.users, f.users);
+        let text = format!(
+            "host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\ndir = {:?}\n",
+            f.users, f.users
+        );
         let e = one(f.load(&text, &[], vec![]));
         assert_eq!(e.key, "host_keys[0]");
         assert!(e.message.ends_with("is not a regular file"), "{e}");
@@ -1910,12 +2427,18 @@ shutdown_grace = "0s"
     #[test]
     fn auth_dir_must_be_a_directory() {
         let f = fixture();
-        let text = format!("host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\ndir = {:?}\n", f.key, f.key);
+        let text = format!(
+            "host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\ndir = {:?}\n",
+            f.key, f.key
+        );
         let e = one(f.load(&text, &[], vec![]));
         assert_eq!(e.key, "auth[0].dir");
         assert_eq!(e.message, format!("{} is not a directory", f.key.display()));
 
-        let text = format!("host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\ndir = \"/does/not/exist\"\n", f.key);
+        let text = format!(
+            "host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\ndir = \"/does/not/exist\"\n",
+            f.key
+        );
         let e = one(f.load(&text, &[], vec![]));
         assert_eq!(e.message, "/does/not/exist does not exist");
     }
@@ -1927,14 +2450,21 @@ shutdown_grace = "0s"
         let e = errs(f.load(&both, &[], vec![]));
         assert_eq!(e.len(), 1, "{e:#?}");
         assert_eq!(e[0].key, "auth[0]");
-        assert_eq!(e[0].message, "dir and file exclude each other; set exactly one");
+        assert_eq!(
+            e[0].message,
+            "dir and file exclude each other; set exactly one"
+        );
 
         let base = format!("host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\n", f.key);
         let e = one(f.load(&format!("{base}file = \"/x\"\n"), &[], vec![]));
         assert_eq!(e.key, "auth[0].logins");
         assert!(e.message.starts_with("required with file"));
 
-        let e = one(f.load(&format!("{base}dir = {:?}\nlogins = [\"a\"]\n", f.users), &[], vec![]));
+        let e = one(f.load(
+            &format!("{base}dir = {:?}\nlogins = [\"a\"]\n", f.users),
+            &[],
+            vec![],
+        ));
         assert_eq!(e.key, "auth[0].logins");
 
         let e = one(f.load(&format!("{base}file = \"/x\"\nlogins = []\n"), &[], vec![]));
@@ -1948,7 +2478,10 @@ shutdown_grace = "0s"
         let base = format!("host_keys = [{:?}]\n[[auth]]\ntype = \"command\"\n", f.key);
         let e = one(f.load(&format!("{base}command = \"keys %u\"\n"), &[], vec![]));
         assert_eq!(e.key, "auth[0].command");
-        assert_eq!(e.message, "the program must be an absolute path, found \"keys\"");
+        assert_eq!(
+            e.message,
+            "the program must be an absolute path, found \"keys\""
+        );
 
         let e = one(f.load(&format!("{base}command = \"  \"\n"), &[], vec![]));
         assert_eq!(e.message, "must not be empty");
@@ -1961,13 +2494,26 @@ shutdown_grace = "0s"
     #[test]
     fn unknown_auth_type() {
         let f = fixture();
-        let text = format!("host_keys = [{:?}]\n[[auth]]\ntype = \"ldap\"\ndir = \"/x\"\n", f.key);
+        let text = format!(
+            "host_keys = [{:?}]\n[[auth]]\ntype = \"ldap\"\ndir = \"/x\"\n",
+            f.key
+        );
         let e = one(f.load(&text, &[], vec![]));
         assert_eq!(e.key, "auth[0].type");
-        assert_eq!(e.message, "unknown type \"ldap\"; known types are \"file\" and \"command\"");
+        assert_eq!(
+            e.message,
+            "unknown type \"ldap\"; known types are \"file\" and \"command\""
+        );
 
-        let e = one(f.load(&format!("host_keys = [{:?}]\n[[auth]]\ndir = \"/x\"\n", f.key), &[], vec![]));
-        assert_eq!((e.key.as_str(), e.message.as_str()), ("auth[0].type", "missing"));
+        let e = one(f.load(
+            &format!("host_keys = [{:?}]\n[[auth]]\ndir = \"/x\"\n", f.key),
+            &[],
+            vec![],
+        ));
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            ("auth[0].type", "missing")
+        );
     }
 
     #[test]
@@ -1977,24 +2523,44 @@ shutdown_grace = "0s"
             let text = format!("host_keys = [{:?}]\n[[auth]]\ntype = {kind:?}\n", f.key);
             let e = one(f.load(&text, &[], vec![]));
             assert_eq!(e.key, "auth[0].type");
-            assert_eq!(e.message, format!("type \"{kind}\" is not supported by this build yet"));
+            assert_eq!(
+                e.message,
+                format!("type \"{kind}\" is not supported by this build yet")
+            );
         }
     }
 
     #[test]
     fn empty_auth_and_allow_rules() {
         let f = fixture();
-        let e = one(f.load(&format!("host_keys = [{:?}]\nauth = []\n", f.key), &[], vec![]));
+        let e = one(f.load(
+            &format!("host_keys = [{:?}]\nauth = []\n", f.key),
+            &[],
+            vec![],
+        ));
         assert_eq!(e.key, "auth");
         assert_eq!(e.source, f.path());
 
-        let text = format!("{}[[allow]]\nprincipals = []\nto = [\"x\", 1]\nwho = 1\n", f.minimal());
+        let text = format!(
+            "{}[[allow]]\nprincipals = []\nto = [\"x\", 1]\nwho = 1\n",
+            f.minimal()
+        );
         let e = errs(f.load(&text, &[], vec![]));
         let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, vec!["allow[0].principals", "allow[0].to[1]", "allow[0].who"]);
+        assert_eq!(
+            keys,
+            vec!["allow[0].principals", "allow[0].to[1]", "allow[0].who"]
+        );
 
-        let e = one(f.load(&format!("{}[[allow]]\nprincipals = [\"*\"]\n", f.minimal()), &[], vec![]));
-        assert_eq!((e.key.as_str(), e.message.as_str()), ("allow[0].to", "missing"));
+        let e = one(f.load(
+            &format!("{}[[allow]]\nprincipals = [\"*\"]\n", f.minimal()),
+            &[],
+            vec![],
+        ));
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            ("allow[0].to", "missing")
+        );
     }
 
     #[test]
@@ -2010,17 +2576,35 @@ shutdown_grace = "0s"
         )
         .unwrap();
         let env = vars(&[("BASTION_SANDBOX__RUNTIME_DIR", "/run/x")]);
-        let flags = vec![flag("audit.dir", Value::String("rel/audit".into()), "flag --audit-dir")];
+        let flags = vec![flag(
+            "audit.dir",
+            Value::String("rel/audit".into()),
+            "flag --audit-dir",
+        )];
         let cfg = ok(load(Some(&path), env.clone(), vec![]));
         let etc = f.dir.path().join("etc");
         assert_eq!(cfg.host_keys, vec![etc.join("hostkey")]);
-        assert_eq!(cfg.auth, vec![AuthSource::File { dir: Some(etc.join("users")), file: None, logins: vec![] }]);
+        assert_eq!(
+            cfg.auth,
+            vec![AuthSource::File {
+                dir: Some(etc.join("users")),
+                file: None,
+                logins: vec![]
+            }]
+        );
         assert_eq!(cfg.audit.dir, etc.join("../audit"));
         // From a flag (or the environment), relative to the current directory.
         let cfg = ok(load(Some(&path), env, flags));
-        assert_eq!(cfg.audit.dir, std::env::current_dir().unwrap().join("rel/audit"));
+        assert_eq!(
+            cfg.audit.dir,
+            std::env::current_dir().unwrap().join("rel/audit")
+        );
 
-        let e = one(load(Some(&path), vars(&[("BASTION_SANDBOX__RUNTIME_DIR", "run")]), vec![]));
+        let e = one(load(
+            Some(&path),
+            vars(&[("BASTION_SANDBOX__RUNTIME_DIR", "run")]),
+            vec![],
+        ));
         assert_eq!(e.key, "sandbox.runtime_dir");
         assert_eq!(e.message, "must be an absolute path, found \"run\"");
     }
@@ -2028,10 +2612,17 @@ shutdown_grace = "0s"
     #[test]
     fn toml_syntax_error_names_file_and_line() {
         let f = fixture();
-        let e = one(f.load("listen = [\"0.0.0.0:22\"]\n\nhost_keys = /etc/key\n", &[("BASTION_NOPE", "1")], vec![]));
+        let e = one(f.load(
+            "listen = [\"0.0.0.0:22\"]\n\nhost_keys = /etc/key\n",
+            &[("BASTION_NOPE", "1")],
+            vec![],
+        ));
         assert_eq!(e.source, f.path());
         assert_eq!(e.key, "");
-        assert!(e.message.starts_with("invalid TOML at line 3, column 13"), "{e}");
+        assert!(
+            e.message.starts_with("invalid TOML at line 3, column 13"),
+            "{e}"
+        );
         assert_eq!(e.to_string(), format!("{}: {}", f.path(), e.message));
     }
 
@@ -2041,13 +2632,17 @@ shutdown_grace = "0s"
         let path = f.dir.path().join("missing.toml");
         let e = one(load(Some(&path), vec![], vec![]));
         assert_eq!(e.source, path.display().to_string());
-        assert!(e.message.starts_with("cannot read the configuration file"), "{e}");
+        assert!(
+            e.message.starts_with("cannot read the configuration file"),
+            "{e}"
+        );
     }
 
     #[test]
     fn from_table_names_its_source() {
         let f = fixture();
-        let table: Table = toml::from_str(&format!("{}[limits]\nper_source = 0\n", f.minimal())).unwrap();
+        let table: Table =
+            toml::from_str(&format!("{}[limits]\nper_source = 0\n", f.minimal())).unwrap();
         let e = one(from_table(table, "dev mode defaults", vec![], vec![]));
         assert_eq!(e.key, "limits.per_source");
         assert_eq!(e.source, "dev mode defaults");
@@ -2076,7 +2671,10 @@ shutdown_grace = "0s"
     fn suggestions() {
         assert_eq!(edit_distance("lisen", "listen"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(suggest("max_startup", &names(LIMITS_KEYS)), Some("max_startups"));
+        assert_eq!(
+            suggest("max_startup", &names(LIMITS_KEYS)),
+            Some("max_startups")
+        );
         assert_eq!(suggest("zzz", &names(ROOT_KEYS)), None);
     }
 }

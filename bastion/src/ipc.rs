@@ -51,6 +51,9 @@ pub struct WorkerInit {
     /// `bastion sandbox-selftest`: after entering the sandbox, make a
     /// forbidden (true) or an allowed (false) system call instead of serving SSH.
     pub selftest_forbidden: Option<bool>,
+    /// Refuse every login with this message (shown to the client as the
+    /// pre-authentication banner), e.g. while the audit trail cannot be written.
+    pub refuse: Option<String>,
 }
 
 /// The sandbox parameters the monitor chose for one worker.

@@ -528,6 +528,7 @@ async fn start_worker(
         log_json: shared.log_json,
         log_filter: shared.log_filter.clone(),
         selftest_forbidden: None,
+        refuse: audit_refusal(shared).await,
     };
     if let Err(e) = chan.send(&ToWorker::Init(init), None).await {
         tracing::error!(error = %e, "cannot initialise the worker");
@@ -549,6 +550,25 @@ async fn start_worker(
         forwards: Mutex::new(HashMap::new()),
     };
     Some((ctx, spawned))
+}
+
+/// While the audit trail cannot be written, new connections are refused
+/// with a message, before authentication. A failed trail is probed again
+/// for every new connection, so the bastion recovers by itself once an
+/// operator has made room.
+async fn audit_refusal(shared: &Shared) -> Option<String> {
+    if shared.audit.healthy() {
+        return None;
+    }
+    let audit = shared.audit.clone();
+    match tokio::task::spawn_blocking(move || audit.recheck()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "audit trail still unwritable; refusing a new connection");
+            Some(AUDIT_DOWN.to_string())
+        }
+        Err(_) => Some(AUDIT_DOWN.to_string()),
+    }
 }
 
 async fn handle(ctx: &Arc<SessionCtx>, msg: ToMonitor, pid: i32, ticket: &mut Ticket) {

@@ -495,11 +495,14 @@ impl Policy {
             if let (Some((kind, range)), None) = (protection, &protected_reason) {
                 // When a rule does name this protected address (for other
                 // ports), the generic "no rule allows … on port" is the truth.
-                let named = applicable.iter().flat_map(|(_, r)| &r.to).any(|t| match &t.host {
-                    HostPattern::Net(n) if kind == Protected::Own => *n == IpNet::from(ip),
-                    HostPattern::Net(n) => n.contains(&ip) && range.contains(n),
-                    HostPattern::Name(_) => false,
-                });
+                let named = applicable
+                    .iter()
+                    .flat_map(|(_, r)| &r.to)
+                    .any(|t| match &t.host {
+                        HostPattern::Net(n) if kind == Protected::Own => *n == IpNet::from(ip),
+                        HostPattern::Net(n) => n.contains(&ip) && range.contains(n),
+                        HostPattern::Name(_) => false,
+                    });
                 if !named {
                     protected_reason = Some(format!(
                         "{ip} is {}; only a rule that names it explicitly allows it",
@@ -731,7 +734,10 @@ mod tests {
             "own address named exactly"
         );
         match ask(&explicit, "a", "127.0.0.1", 23, &["127.0.0.1"]) {
-            Decision::Deny { reason } => assert!(reason.contains("no rule allows a to reach 127.0.0.1 on port 23"), "{reason}"),
+            Decision::Deny { reason } => assert!(
+                reason.contains("no rule allows a to reach 127.0.0.1 on port 23"),
+                "{reason}"
+            ),
             d => panic!("{d:?}"),
         }
         let own_wide = policy(&[(&["*"], &["10.0.0.0/8:22"])]);

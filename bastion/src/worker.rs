@@ -260,7 +260,10 @@ async fn serve(
     let stream = tokio::net::TcpStream::from_std(stream)?;
     stream.set_nodelay(true)?;
 
-    let handler = WorkerHandler { ctl: ctl.clone() };
+    let handler = WorkerHandler {
+        ctl: ctl.clone(),
+        refuse: init.refuse.clone(),
+    };
     let span = tracing::info_span!("session", sid = %init.sid, peer = %init.peer);
     let _enter = span.enter();
     let running = russh::server::run_stream(Arc::new(ssh_config(keys)), stream, handler).await?;
@@ -285,6 +288,8 @@ async fn serve(
 
 struct WorkerHandler {
     ctl: Arc<Control>,
+    /// Set when the monitor refuses every login on this connection.
+    refuse: Option<String>,
 }
 
 impl WorkerHandler {
@@ -319,11 +324,19 @@ impl WorkerHandler {
 impl russh::server::Handler for WorkerHandler {
     type Error = WorkerError;
 
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        Ok(self.refuse.as_ref().map(|m| format!("{m}\r\n")))
+    }
+
     async fn auth_publickey(
         &mut self,
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        if let Some(message) = &self.refuse {
+            self.ctl.disconnect(message.clone());
+            return Ok(Auth::reject());
+        }
         // Only reached after russh verified the signature: the client holds
         // the private key. Only now may a key source hear about it.
         let line = key

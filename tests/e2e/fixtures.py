@@ -1,0 +1,441 @@
+"""The harness's fixture objects, built on harness.py (conftest.py exposes them).
+
+- `run_client(cmd, timeout=60, netns=None)` -> ClientResult(rc, stdout bytes, stderr text);
+  a command that outlives its timeout is killed with its whole process group
+  and the test FAILS (never hangs, never skips).
+- `SshConfigs`: the shared client options (`ssh_config`) and one config per
+  user key (`client("alice")`), because `-F` reaches the `-J` connection and
+  `-i` does not.
+- `Bastion`: the real binary with a config given as a dict (deep-merged over
+  the default), as TOML text, or as the default; stdout/stderr captured to
+  files; audit trail helpers.
+- `Netns`: network namespaces, veth pairs and addresses for topologies.
+
+Everything started here is registered with the test's `Processes` and torn
+down when the test ends, pass or fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+from harness import BASTION, Processes, free_port, wait_port
+
+# --------------------------------------------------------------------------
+# client commands
+
+
+class ClientResult(NamedTuple):
+    rc: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+
+def in_netns(cmd: list, netns: str | None) -> list:
+    return ["ip", "netns", "exec", netns, *cmd] if netns else list(cmd)
+
+
+def run_client(cmd, timeout: float = 60, netns: str | None = None, input: bytes | None = None,
+               env: dict | None = None, cwd=None) -> ClientResult:
+    """Runs a client command in its own process group; kills the group on timeout."""
+    cmd = in_netns([str(c) for c in cmd], netns)
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                         env=env, cwd=cwd)
+    try:
+        out, err = p.communicate(input=input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        out, err = p.communicate()
+        raise AssertionError(f"client command timed out after {timeout}s: {cmd}\n"
+                             f"stdout: {out[-2000:]!r}\nstderr: {err.decode(errors='replace')[-2000:]}") from None
+    finally:
+        # Anything the command left behind in its group (e.g. a jump ssh) goes too.
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return ClientResult(p.returncode, out, err.decode(errors="replace"))
+
+
+# --------------------------------------------------------------------------
+# ssh client configuration
+
+CLIENT_OPTIONS = [
+    "StrictHostKeyChecking no",
+    "UserKnownHostsFile /dev/null",
+    "IdentitiesOnly yes",
+    "BatchMode yes",
+    "LogLevel ERROR",
+    "ConnectTimeout 10",
+    "ServerAliveInterval 0",
+]
+
+
+class SshConfigs:
+    """Client configs: `base` (no identity) and one per key name."""
+
+    def __init__(self, tmp: Path, keys):
+        self.dir = tmp / "client"
+        self.dir.mkdir(exist_ok=True)
+        self.keys = keys
+        self.base = self.dir / "ssh_config"
+        self.base.write_text("Host *\n" + "".join(f"  {o}\n" for o in CLIENT_OPTIONS))
+
+    def for_key(self, name: str) -> Path:
+        """A config whose IdentityFile is key `name`; used with -F by every command (and so by -J)."""
+        cfg = self.dir / f"ssh_config_{name}"
+        if not cfg.exists():
+            cfg.write_text("Host *\n" + "".join(f"  {o}\n" for o in CLIENT_OPTIONS)
+                           + f"  IdentityFile {self.keys.path(name)}\n")
+        return cfg
+
+
+# --------------------------------------------------------------------------
+# TOML writing (just what bastion configs need)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (str, Path)):
+        return json.dumps(str(v))
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+def _is_table_array(v) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(x, dict) for x in v)
+
+
+def to_toml(d: dict, prefix: str = "") -> str:
+    """Writes a dict as TOML: scalars first, then [tables], then [[arrays of tables]]."""
+    out = []
+    for k, v in d.items():
+        if v is None or isinstance(v, dict) or _is_table_array(v):
+            continue
+        out.append(f"{_toml_key(k)} = {_toml_value(v)}\n")
+    for k, v in d.items():
+        if isinstance(v, dict):
+            name = f"{prefix}{_toml_key(k)}"
+            out.append(f"\n[{name}]\n" + to_toml(v, name + "."))
+    for k, v in d.items():
+        if _is_table_array(v):
+            name = f"{prefix}{_toml_key(k)}"
+            for item in v:
+                out.append(f"\n[[{name}]]\n" + to_toml(item, name + "."))
+    return "".join(out)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` wins; nested dicts merge; lists replace; a value of None deletes the key."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+# --------------------------------------------------------------------------
+# the bastion
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Parses a JSON-lines file; a last line still being written (no newline yet) is left out."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    lines = text.split("\n")
+    complete, tail = lines[:-1], lines[-1]
+    out = [json.loads(line) for line in complete if line.strip()]
+    if tail.strip():
+        try:
+            out.append(json.loads(tail))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+class Bastion:
+    """`bastion serve --config <tmp>/config.toml`, started and waited for.
+
+    config: None for the default, a dict deep-merged over the default
+    (`{"limits": {"per_source": 3}}`, `{"allow": [...]}` replaces the rules,
+    `{"sandbox": None}` drops a table), or TOML text written as is, where
+    @PORT@, @HOST@, @DIR@, @HOSTKEY@, @USERS@ and @AUDIT@ are replaced.
+    users: login -> list of authorized_keys lines (default: alice's and bob's keys).
+    """
+
+    def __init__(self, procs: Processes, tmp: Path, keys, config=None, *, users=None, to=None,
+                 host: str = "127.0.0.1", port: int | None = None, netns: str | None = None,
+                 audit_dir: Path | None = None, args=(), env: dict | None = None,
+                 wait: bool = True, start_timeout: float = 20.0):
+        self.host = host
+        self.port = port or free_port()
+        self.netns = netns
+        self.dir = tmp / f"bastion-{uuid.uuid4().hex[:6]}"
+        self.dir.mkdir(parents=True)
+        self.users_dir = self.dir / "users"
+        self.users_dir.mkdir()
+        if users is None:
+            users = {"alice": [keys.pub("alice")], "bob": [keys.pub("bob")]}
+        for login, lines in users.items():
+            (self.users_dir / login).write_text("".join(f"{line}\n" for line in lines))
+        self.audit_dir = Path(audit_dir) if audit_dir else self.dir / "audit"
+        self.host_key = keys.path("bastion_host")
+        self.default = {
+            "listen": [f"{host}:{self.port}"],
+            "host_keys": [str(self.host_key)],
+            "auth": [{"type": "file", "dir": str(self.users_dir)}],
+            "allow": [{"principals": ["*"], "to": list(to) if to else ["127.0.0.1:1-65535"]}],
+            "audit": {"dir": str(self.audit_dir), "stdout": True},
+            "sandbox": {"enabled": True},
+            "limits": {"login_grace": "20s"},
+        }
+        if config is None:
+            text = to_toml(self.default)
+        elif isinstance(config, dict):
+            text = to_toml(deep_merge(self.default, config))
+        else:
+            text = str(config)
+            for token, value in {"@PORT@": str(self.port), "@HOST@": host, "@DIR@": str(self.dir),
+                                 "@HOSTKEY@": str(self.host_key), "@USERS@": str(self.users_dir),
+                                 "@AUDIT@": str(self.audit_dir)}.items():
+                text = text.replace(token, value)
+        self.config_path = self.dir / "config.toml"
+        self.config_path.write_text(text)
+        self.stdout_path, self.stderr_path = self.dir / "stdout", self.dir / "stderr"
+        if not BASTION.exists():
+            raise AssertionError(f"the bastion binary {BASTION} does not exist (cargo build --release, or set BASTION_BIN)")
+        cmd = in_netns([str(BASTION), "serve", "--config", str(self.config_path), *args], netns)
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = procs.start(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    env={**os.environ, **(env or {})})
+        self.pid = self.proc.pid  # `ip netns exec` execs, so this is the bastion itself
+        if wait:
+            self.wait_listening(start_timeout)
+
+    # --- start-up --------------------------------------------------------
+    def wait_listening(self, timeout: float = 20.0) -> None:
+        try:
+            wait_port(self.host, self.port, timeout=timeout, netns=self.netns, proc=self.proc, what="bastion")
+        except RuntimeError as e:
+            raise AssertionError(f"{e}\n--- config ---\n{self.config_path.read_text()}"
+                                 f"--- bastion stderr ---\n{self.stderr_text()}") from None
+
+    # --- output ----------------------------------------------------------
+    def stdout_text(self) -> str:
+        return self.stdout_path.read_bytes().decode(errors="replace")
+
+    def stderr_text(self) -> str:
+        return self.stderr_path.read_bytes().decode(errors="replace")
+
+    def stdout_events(self) -> list[dict]:
+        """The JSON lines on stdout that look like audit events."""
+        out = []
+        for line in self.stdout_text().splitlines():
+            if line.startswith("{"):
+                try:
+                    e = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(e, dict) and "event" in e:
+                    out.append(e)
+        return out
+
+    # --- audit -----------------------------------------------------------
+    def trail(self, login: str) -> Path:
+        return self.audit_dir / f"{login}.jsonl"
+
+    def audit_events(self, login: str | None = None) -> list[dict]:
+        """Events of `<audit_dir>/<login>.jsonl`, or of every trail file (file by file)."""
+        if login is not None:
+            return read_jsonl(self.trail(login))
+        out = []
+        for f in sorted(self.audit_dir.glob("*.jsonl")):
+            out += read_jsonl(f)
+        return out
+
+    def wait_for_event(self, pred: Callable[[dict], bool], timeout: float = 10.0, login: str | None = None) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            for e in self.audit_events(login):
+                if pred(e):
+                    return e
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no matching audit event within {timeout}s in "
+                             f"{self.trail(login) if login else self.audit_dir}; have:\n"
+                             + "\n".join(json.dumps(e) for e in self.audit_events(login))
+                             + f"\n--- bastion stderr ---\n{self.stderr_text()[-4000:]}")
+
+    # --- process ---------------------------------------------------------
+    def signal(self, sig) -> None:
+        os.kill(self.pid, sig)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout: float = 30.0) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"bastion (pid {self.pid}) still running after {timeout}s\n"
+                                 f"--- stderr ---\n{self.stderr_text()[-4000:]}") from None
+
+
+# --------------------------------------------------------------------------
+# network namespaces
+
+
+def sh(cmd: list, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({r.returncode}): {r.stderr.strip()}")
+    return r
+
+
+class Netns:
+    """Namespaces bt-<random>-<tag>, veth pairs and addresses; all deleted at teardown."""
+
+    def __init__(self, procs: Processes):
+        self.procs = procs
+        self.names: list[str] = []
+
+    def new(self, tag: str) -> str:
+        name = f"bt-{uuid.uuid4().hex[:6]}-{tag}"
+        sh(["ip", "netns", "add", name])
+        self.names.append(name)
+        self.procs.cleanups.append(lambda: self._delete(name))
+        sh(["ip", "-n", name, "link", "set", "lo", "up"])
+        # A new namespace may not route: make it explicit, whatever the host says.
+        sh(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_forward=0"])
+        return name
+
+    __call__ = new
+
+    @staticmethod
+    def _delete(name: str) -> None:
+        # Processes still inside (none should be: they were killed first) would keep it alive.
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+    def veth(self, ns_a: str, addr_a: str, ns_b: str, addr_b: str) -> tuple[str, str]:
+        """A veth pair between two namespaces with an address (CIDR) on each end, up."""
+        a, b = f"bt{uuid.uuid4().hex[:8]}", f"bt{uuid.uuid4().hex[:8]}"
+        sh(["ip", "link", "add", a, "type", "veth", "peer", "name", b])
+        # If anything below fails, the pair must not stay behind in the host namespace.
+        self.procs.cleanups.append(lambda: subprocess.run(["ip", "link", "del", a], capture_output=True))
+        for ns, dev, addr in [(ns_a, a, addr_a), (ns_b, b, addr_b)]:
+            sh(["ip", "link", "set", dev, "netns", ns])
+            sh(["ip", "-n", ns, "addr", "add", addr, "dev", dev])
+            sh(["ip", "-n", ns, "link", "set", dev, "up"])
+        return a, b
+
+    def route(self, ns: str, dest: str, via: str) -> None:
+        sh(["ip", "-n", ns, "route", "add", dest, "via", via])
+
+    def exec(self, ns: str, cmd: list, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", ns, *[str(c) for c in cmd]], capture_output=True, text=True, **kw)
+
+    def port_open(self, ns: str | None, host: str, port: int, timeout: float = 2.0) -> bool:
+        """Whether a TCP connect from `ns` to host:port succeeds within `timeout`."""
+        if ns is None:
+            try:
+                with socket.create_connection((host, port), timeout=timeout):
+                    return True
+            except OSError:
+                return False
+        r = subprocess.run(["ip", "netns", "exec", ns, "timeout", str(timeout), "bash", "-c",
+                            f"exec 3<>/dev/tcp/{host}/{port}"], capture_output=True)
+        return r.returncode == 0
+
+
+# --------------------------------------------------------------------------
+# filesystems
+
+
+def tmpfs_mount(path: Path, size: str, procs: Processes) -> Path:
+    """A tmpfs of `size` at `path`, unmounted at teardown."""
+    path.mkdir(parents=True, exist_ok=True)
+    sh(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)])
+    procs.cleanups.append(lambda: subprocess.run(["umount", "-l", str(path)], capture_output=True))
+    return path
+
+
+def fill_until_enospc(path: Path, name: str = "filler") -> int:
+    """Writes zeros into `path/name` until the filesystem says ENOSPC; returns the bytes written."""
+    written = 0
+    fd = os.open(path / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        chunk = b"\0" * 4096
+        while True:
+            try:
+                n = os.write(fd, chunk)
+            except OSError as e:
+                if e.errno == 28:  # ENOSPC
+                    break
+                raise
+            if n == 0:
+                break
+            written += n
+        # Smaller writes take the last partial page too.
+        for size in (512, 64, 1):
+            while True:
+                try:
+                    written += os.write(fd, b"\0" * size)
+                except OSError as e:
+                    if e.errno == 28:
+                        break
+                    raise
+    finally:
+        os.close(fd)
+    return written
+
+
+def proc_status(pid: int) -> dict:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+def ns_link(pid: int, kind: str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
