@@ -424,12 +424,14 @@ fn serve(args: ServeArgs) -> ExitCode {
             let _ = phase_tx.send(Phase::Closing);
             std::future::pending::<()>().await
         };
-        tokio::select! {
-            _ = &mut server => {}
-            _ = signals => {}
+        let finished = tokio::select! {
+            _ = &mut server => true,
+            _ = signals => false,
+        };
+        if !finished {
+            // The sessions got their Closing notice; give them a moment to say goodbye.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(6), &mut server).await;
         }
-        // The sessions got their Closing notice; give them a moment to say goodbye.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(6), &mut server).await;
         tracing::info!("bastion stopped");
         ExitCode::SUCCESS
     })

@@ -1,17 +1,25 @@
-"""pytest fixtures: `env` gives each test its own world (see harness.py)."""
+"""pytest fixtures for the end-to-end suites.
+
+`env` gives each test its own world (harness.py: temp dir, keys, targets,
+bastions, namespaces). The fixtures below expose the same world through the
+harness API described in tests/README.md (fixtures.py). Teardown (kill every
+process group, delete namespaces, unmount) runs whether the test passed or not.
+
+A test that cannot run fails: a missing bastion binary fails each test that
+starts one (the OpenSSH-only harness self-tests still run).
+"""
 
 import os
 
 import pytest
 
-from harness import BASTION, Env
+from fixtures import Bastion, Netns, SshConfigs, run_client as _run_client
+from harness import Env
 
 
 def pytest_sessionstart(session):
     if os.geteuid() != 0:
         raise pytest.UsageError("the end-to-end suites must run as root (namespaces, mounts, sshd)")
-    if not BASTION.exists():
-        raise pytest.UsageError(f"{BASTION} does not exist: run cargo build --release first")
 
 
 @pytest.fixture
@@ -21,3 +29,58 @@ def env(tmp_path):
         yield e
     finally:
         e.p.close()
+
+
+@pytest.fixture
+def keys(env):
+    """alice (ed25519), bob (rsa 3072), mallory (ed25519, authorized nowhere),
+    bastion_host, target_host: `.path(name)`, `.pub(name)`, `.fp[name]` (SHA256:…)."""
+    return env.keys
+
+
+@pytest.fixture
+def sshd_target(env):
+    """Factory: sshd_target(host="127.0.0.1", port=None, netns=None) -> a started real sshd
+    (`.host`, `.port`, `.netns`, `.proc`) that lets alice and bob in as root."""
+    def start(host="127.0.0.1", port=None, netns=None):
+        return env.target(host=host, port=port, netns=netns)
+    return start
+
+
+@pytest.fixture
+def ssh_configs(env):
+    return SshConfigs(env.tmp, env.keys)
+
+
+@pytest.fixture
+def ssh_config(ssh_configs):
+    """The shared client options (no identity), for `ssh -F`."""
+    return ssh_configs.base
+
+
+@pytest.fixture
+def client(ssh_configs):
+    """Factory: client("alice") -> a client config whose IdentityFile is alice's key
+    (use with -F: unlike -i it also applies to the -J connection)."""
+    return ssh_configs.for_key
+
+
+@pytest.fixture
+def bastion(env):
+    """Factory: bastion(config=None, users=None, to=None, host=, port=, netns=, audit_dir=,
+    args=(), env=, wait=True) -> a running `bastion serve` (see fixtures.Bastion)."""
+    def start(config=None, **kw):
+        return Bastion(env.p, env.tmp, env.keys, config, **kw)
+    return start
+
+
+@pytest.fixture
+def netns(env):
+    """netns("c") -> a new namespace bt-<random>-c with lo up; netns.veth(a, "10.0.0.1/30", b, "10.0.0.2/30")."""
+    return Netns(env.p)
+
+
+@pytest.fixture
+def run_client():
+    """run_client(cmd, timeout=60, netns=None) -> (rc, stdout bytes, stderr text)."""
+    return _run_client

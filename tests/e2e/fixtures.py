@@ -439,3 +439,113 @@ def proc_status(pid: int) -> dict:
 
 def ns_link(pid: int, kind: str) -> str:
     return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+# --------------------------------------------------------------------------
+# client command lines through a jump host (the bastion, or an OpenSSH sshd
+# in the harness self-tests)
+
+
+class Via:
+    """How a client reaches a target through a jump host.
+
+    cfg: the per-user client config (-F); jump: "login@host:port" for -J;
+    host/port: the target's sshd as the client names it; netns: where the
+    client runs (None: the host's namespace).
+    """
+
+    def __init__(self, cfg: Path, jump: str, host: str, port: int, user: str = "root", netns: str | None = None):
+        self.cfg, self.jump, self.host, self.port, self.user, self.netns = str(cfg), jump, host, port, user, netns
+
+    @property
+    def ssh_e(self) -> str:
+        """The `rsync -e` command."""
+        return f"ssh -F {self.cfg} -J {self.jump} -p {self.port}"
+
+    def ssh(self, command: str, *extra, timeout: float = 60) -> ClientResult:
+        return run_client(["ssh", "-F", self.cfg, "-J", self.jump, "-p", self.port, *extra,
+                           f"{self.user}@{self.host}", command], timeout=timeout, netns=self.netns)
+
+    def scp(self, src: str, dst: str, timeout: float = 120) -> ClientResult:
+        """scp -J; remote paths are written as ':path'."""
+        def spec(p):
+            return f"{self.user}@{self.host}{p}" if str(p).startswith(":") else str(p)
+        return run_client(["scp", "-q", "-F", self.cfg, "-J", self.jump, "-P", self.port, spec(src), spec(dst)],
+                          timeout=timeout, netns=self.netns)
+
+    def sftp_batch(self, batch: str, workdir: Path, timeout: float = 120) -> ClientResult:
+        f = workdir / f"sftp-batch-{uuid.uuid4().hex[:6]}"
+        f.write_text(batch)
+        return run_client(["sftp", "-q", "-F", self.cfg, "-J", self.jump, "-P", self.port, "-b", f,
+                           f"{self.user}@{self.host}"], timeout=timeout, netns=self.netns)
+
+    def rsync(self, src: str, dst: str, timeout: float = 120) -> ClientResult:
+        def spec(p):
+            return f"{self.user}@{self.host}{p}" if str(p).startswith(":") else str(p)
+        return run_client(["rsync", "-a", "-e", self.ssh_e, spec(src), spec(dst)], timeout=timeout, netns=self.netns)
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def random_file(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 1 << 20)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
+def random_tree(root: Path) -> Path:
+    """A small directory tree with nested dirs, binary and text files, an empty file and a symlink."""
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / "empty-dir").mkdir()
+    random_file(root / "a" / "b" / "c" / "blob.bin", 700_000)
+    random_file(root / "a" / "small.bin", 1234)
+    (root / "top.txt").write_text("top\n" * 1000)
+    (root / "a" / "b" / "empty").write_bytes(b"")
+    (root / "link").symlink_to("top.txt")
+    return root
+
+
+def trees_equal(a: Path, b: Path) -> bool:
+    return subprocess.run(["diff", "-r", "--no-dereference", str(a), str(b)], capture_output=True).returncode == 0
+
+
+def transfers_roundtrip(via: Via, workdir: Path, remote_dir: Path, size: int = 20 * 1024 * 1024) -> None:
+    """scp up and back, sftp put/get and rsync of a tree through `via`; asserts byte equality.
+
+    remote_dir: a directory the target can write (same machine: the target
+    sshd runs here, in whatever network namespace).
+    """
+    src = random_file(workdir / "payload.bin", size)
+    want = sha256_file(src)
+
+    r = via.scp(str(src), f":{remote_dir / 'scp-up.bin'}")
+    assert r.rc == 0, f"scp up: {r.stderr}"
+    r = via.scp(f":{remote_dir / 'scp-up.bin'}", str(workdir / "scp-down.bin"))
+    assert r.rc == 0, f"scp down: {r.stderr}"
+    assert sha256_file(remote_dir / "scp-up.bin") == want
+    assert sha256_file(workdir / "scp-down.bin") == want
+
+    r = via.sftp_batch(f"put {src} {remote_dir / 'sftp-up.bin'}\nget {remote_dir / 'sftp-up.bin'} {workdir / 'sftp-down.bin'}\n",
+                       workdir)
+    assert r.rc == 0, f"sftp: {r.stderr}"
+    assert sha256_file(remote_dir / "sftp-up.bin") == want
+    assert sha256_file(workdir / "sftp-down.bin") == want
+
+    tree = random_tree(workdir / "tree")
+    r = via.rsync(f"{tree}/", f":{remote_dir / 'tree-copy'}/")
+    assert r.rc == 0, f"rsync up: {r.stderr}"
+    r = via.rsync(f":{remote_dir / 'tree-copy'}/", f"{workdir / 'tree-back'}/")
+    assert r.rc == 0, f"rsync down: {r.stderr}"
+    assert trees_equal(tree, remote_dir / "tree-copy"), "rsync up differs"
+    assert trees_equal(tree, workdir / "tree-back"), "rsync down differs"

@@ -1,0 +1,61 @@
+"""The per-connection worker sandbox, observed from outside through /proc."""
+
+import os
+import subprocess
+
+from harness import BASTION, proc_status, run
+
+
+def ns(pid, kind):
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+def test_live_worker_is_confined(env):
+    target = env.target()
+    bastion = env.bastion(allow=[(["*"], [f"127.0.0.1:{target.port}"])])
+    cfgs = {u: str(env.client_config(u)) for u in ("alice", "bob")}
+    sessions = [
+        env.p.start(["ssh", "-F", cfgs[u], "-J", f"{u}@127.0.0.1:{bastion.port}", "-p", str(target.port),
+                     "root@127.0.0.1", "sleep 4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for u in ("alice", "bob")
+    ]
+    starts = [bastion.wait_event(lambda e: e["event"] == "session.start", trail=u) for u in ("alice", "bob")]
+    uids = set()
+    for start in starts:
+        pid = start["worker_pid"]
+        st = proc_status(pid)
+        assert st["NoNewPrivs"] == "1"
+        assert st["Seccomp"] == "2"
+        assert st["CapEff"] == "0000000000000000"
+        assert st["CapPrm"] == "0000000000000000"
+        assert st["CapBnd"] == "0000000000000000"
+        uid = int(st["Uid"].split()[0])
+        assert uid != 0 and all(int(x) == uid for x in st["Uid"].split())
+        uids.add(uid)
+        for kind in ("net", "mnt", "pid", "ipc", "uts"):
+            assert ns(pid, kind) != ns(bastion.pid, kind), f"{kind} namespace is shared with the monitor"
+        sb = start["sandbox"]
+        assert sb == {**sb, "enabled": True, "uid": uid, "no_new_privs": True, "seccomp": 2,
+                      "cap_eff": "0000000000000000", "netns_isolated": True, "mntns_isolated": True, "pidns_isolated": True}
+        # The worker sees an empty root: no host files at all.
+        assert os.listdir(f"/proc/{pid}/root") == []
+    assert len(uids) == 2, "concurrent workers run under different uids"
+    for s in sessions:
+        assert s.wait(timeout=30) == 0
+
+
+def test_forbidden_syscall_kills_the_worker():
+    r = run([str(BASTION), "sandbox-selftest", "--syscall", "forbidden"], timeout=30)
+    assert r.returncode == -31, (r.returncode, r.stderr)  # SIGSYS
+    assert "SIGSYS" in r.stderr
+    ok = run([str(BASTION), "sandbox-selftest", "--syscall", "allowed"], timeout=30)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_sandbox_off_is_announced_and_recorded(env):
+    target = env.target()
+    bastion = env.bastion(allow=[(["*"], [f"127.0.0.1:{target.port}"])], extra="[sandbox]\nenabled = false\n")
+    assert "sandbox is DISABLED" in bastion.stderr()
+    assert env.jump("alice", bastion, target, "echo ok").stdout.strip() == "ok"
+    start = bastion.wait_event(lambda e: e["event"] == "session.start", trail="alice")
+    assert start["sandbox"]["enabled"] is False
