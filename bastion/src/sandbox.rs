@@ -369,11 +369,7 @@ fn allowed_syscalls() -> Vec<(&'static str, i64, Vec<SeccompRule>)> {
         ("getsockname", libc::SYS_getsockname, vec![]),
         ("getpeername", libc::SYS_getpeername, vec![]),
         ("fcntl", libc::SYS_fcntl, vec![]),
-        (
-            "ioctl",
-            libc::SYS_ioctl,
-            vec![ioctl_rule(libc::FIONBIO as u64)],
-        ),
+        ("ioctl", libc::SYS_ioctl, vec![ioctl_rule(libc::FIONBIO)]),
         // Memory: the allocator. Never executable mappings.
         ("mmap", libc::SYS_mmap, vec![no_exec_rule(2)]),
         ("mprotect", libc::SYS_mprotect, vec![no_exec_rule(2)]),

@@ -93,11 +93,14 @@ fn run_worker(client: OwnedFd, control: OwnedFd) -> Result<u8, WorkerError> {
     Ok(0)
 }
 
+/// A reply from the monitor, with the fd that came with it.
+type Reply = (ToWorker, Option<OwnedFd>);
+
 /// The worker's side of the control socket: requests with ids, replies routed back.
 struct Control {
     chan: ipc::Channel,
     next_id: AtomicU64,
-    pending: Mutex<HashMap<u64, oneshot::Sender<(ToWorker, Option<OwnedFd>)>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     handle: OnceLock<Handle>,
     /// Held by every relay task; when all are gone, every forward has reported its end.
     relays: Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
