@@ -16,6 +16,13 @@ import pytest
 from fixtures import Bastion, Netns, SshConfigs, run_client as _run_client
 from harness import Env
 
+# The bastion reads every BASTION_* variable as configuration and rejects
+# unknown keys, so the harness's own BASTION_BIN (already read by harness.py)
+# and anything else stray must not reach the processes the tests start.
+# BASTION_LOG (the log filter) is kept for debugging runs.
+for _name in [n for n in os.environ if n.startswith("BASTION_") and n != "BASTION_LOG"]:
+    del os.environ[_name]
+
 
 def pytest_sessionstart(session):
     if os.geteuid() != 0:

@@ -78,12 +78,15 @@ class Processes:
 
     def close(self):
         for p in reversed(self.procs):
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            # The whole group, even when its leader is gone (a jump ssh, a worker).
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
                 p.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # never let one stuck process skip the rest
+                print(f"teardown: pid {p.pid} did not exit after SIGKILL")
         for fn in reversed(self.cleanups):
             try:
                 fn()
@@ -173,7 +176,8 @@ class Target:
 
     def __init__(self, env: Env, host: str, port: int, netns: str | None):
         self.host, self.port, self.netns = host, port, netns
-        d = env.tmp / f"target_{port}"
+        # Unique even for the same host:port in different namespaces.
+        d = env.tmp / f"target_{port}_{uuid.uuid4().hex[:6]}"
         d.mkdir()
         ak = d / "authorized_keys"
         ak.write_text(env.keys.pub("alice") + "\n" + env.keys.pub("bob") + "\n")
