@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::audit::{trail_name, AuditLog, Event};
 use crate::authkeys::{validate_login, KeyOptions, PublicKeyBlob};
@@ -270,15 +271,19 @@ async fn accept_loop(
         match shared.admit(peer.ip()) {
             Ok(ticket) => {
                 let local = socket.local_addr().map(canonical).ok();
-                tokio::spawn(session(
+                let sid = new_sid();
+                let span = tracing::info_span!("conn", %sid, %peer);
+                let task = session(
                     shared.clone(),
+                    sid,
                     socket,
                     peer,
                     local,
                     ticket,
                     phase.clone(),
                     done.clone(),
-                ));
+                );
+                tokio::spawn(task.instrument(span));
             }
             Err(why) => {
                 tracing::warn!(%peer, reason = why, "connection dropped by admission control");
@@ -361,8 +366,10 @@ impl SessionCtx {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     shared: Arc<Shared>,
+    sid: String,
     socket: TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
@@ -370,9 +377,6 @@ async fn session(
     mut phase: watch::Receiver<Phase>,
     _done: mpsc::Sender<()>,
 ) {
-    let sid = new_sid();
-    let span = tracing::info_span!("conn", %sid, %peer);
-    let _enter = span.enter();
     let started = Instant::now();
 
     let Some((ctx, worker)) = start_worker(&shared, socket, &sid, peer, local, ticket.uid).await
@@ -802,7 +806,11 @@ async fn forward(ctx: Arc<SessionCtx>, id: u64, host: String, port: u32, origina
                     let fd: OwnedFd = std_stream.into();
                     reply(&ctx, id, Ok(()), Some(&fd)).await;
                 }
-                Err(e) => tracing::error!(error = %e, "cannot hand over the onward socket"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot hand over the onward socket");
+                    let why = format!("the bastion could not hand over the connection to {addr}");
+                    reply(&ctx, id, Err(ForwardRefusal::ConnectFailed(why)), None).await;
+                }
             }
         }
         failed => {
@@ -910,7 +918,6 @@ async fn reap(pidfd: &AsyncFd<OwnedFd>, pid: i32) -> ExitStatus {
         kill(pid);
         let _ = pidfd.readable().await;
     }
-    let _ = pidfd.as_raw_fd();
     match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
         Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => ExitStatus {
             code: Some(code),

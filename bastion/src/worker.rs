@@ -89,6 +89,11 @@ fn run_worker(client: OwnedFd, control: OwnedFd) -> Result<u8, WorkerError> {
     if let Some(forbidden) = init.selftest_forbidden {
         return Ok(sandbox::selftest_syscall(forbidden) as u8);
     }
+    // One worker process serves exactly one session: every line it logs
+    // belongs to it, so the span is entered for the whole run (in sync code,
+    // around the runtime, not across an await).
+    let span = tracing::info_span!("session", sid = %init.sid, peer = %init.peer);
+    let _enter = span.enter();
     runtime.block_on(serve(client, control, init, keys))?;
     Ok(0)
 }
@@ -267,8 +272,6 @@ async fn serve(
         ctl: ctl.clone(),
         refuse: init.refuse.clone(),
     };
-    let span = tracing::info_span!("session", sid = %init.sid, peer = %init.peer);
-    let _enter = span.enter();
     let running = russh::server::run_stream(Arc::new(ssh_config(keys)), stream, handler).await?;
     let _ = ctl.handle.set(running.handle());
     let result = match running.await {
