@@ -429,18 +429,6 @@ def fill_until_enospc(path: Path, name: str = "filler") -> int:
     return written
 
 
-def proc_status(pid: int) -> dict:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        k, _, v = line.partition(":")
-        out[k] = v.strip()
-    return out
-
-
-def ns_link(pid: int, kind: str) -> str:
-    return os.readlink(f"/proc/{pid}/ns/{kind}")
-
-
 # --------------------------------------------------------------------------
 # client command lines through a jump host (the bastion, or an OpenSSH sshd
 # in the harness self-tests)
