@@ -410,7 +410,14 @@ async fn session(
                     break;
                 }
             },
-            _ = pidfd.readable() => break,
+            _ = pidfd.readable() => {
+                // The worker is gone, but what it sent last (a forward's byte
+                // counts) may still be queued on the control socket.
+                while let Ok(Ok((msg, _))) = tokio::time::timeout(Duration::from_millis(200), ctx.chan.recv::<ToMonitor>()).await {
+                    handle(&ctx, msg, worker.pid, &mut ticket).await;
+                }
+                break;
+            }
             _ = &mut grace, if ctx.identity.get().is_none() => {
                 tracing::info!("login grace time expired; closing");
                 end_reason = "login grace time expired".into();
