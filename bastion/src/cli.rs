@@ -486,8 +486,8 @@ fn announce(
 fn selftest(forbidden: bool) -> ExitCode {
     let run = || -> Result<(i32, Option<i32>), String> {
         sandbox::preflight()?;
-        let root = "/run/bastion/root";
-        std::fs::create_dir_all(root).map_err(|e| format!("creating {root}: {e}"))?;
+        let root = sandbox::root_mount_point(Path::new(config::DEFAULT_RUNTIME_DIR));
+        std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
         let (ours, theirs) = ipc::pair().map_err(|e| e.to_string())?;
         let (client, _keep) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
         let client: std::os::fd::OwnedFd = client.into();
@@ -506,7 +506,7 @@ fn selftest(forbidden: bool) -> ExitCode {
             sandbox: Some(ipc::SandboxPlan {
                 uid: 1_999_999_999,
                 memory_limit: 1 << 30,
-                root_dir: root.into(),
+                root_dir: root.display().to_string(),
             }),
             log_json: false,
             log_filter: "warn".into(),

@@ -83,7 +83,8 @@ pub const DEFAULT_HOST_KEY: &str = "/etc/bastion/ssh_host_ed25519_key";
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:22";
 const DEFAULT_AUDIT_DIR: &str = "/var/log/bastion";
-const DEFAULT_RUNTIME_DIR: &str = "/run/bastion";
+/// Default `sandbox.runtime_dir`.
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/bastion";
 const DEFAULT_UID_BASE: u32 = 2_000_000_000;
 const DEFAULT_UID_COUNT: u32 = 65_536;
 const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;

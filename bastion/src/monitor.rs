@@ -132,10 +132,7 @@ impl Shared {
         log_filter: String,
         log_json: bool,
     ) -> Shared {
-        let root_dir = config
-            .sandbox
-            .runtime_dir
-            .join("root")
+        let root_dir = sandbox::root_mount_point(&config.sandbox.runtime_dir)
             .display()
             .to_string();
         let first_uid = config.sandbox.uid_base;
@@ -308,13 +305,7 @@ async fn reached(phase: &mut watch::Receiver<Phase>, at: Phase) {
 }
 
 fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
-    }
+    SocketAddr::new(crate::policy::canonical_ip(addr.ip()), addr.port())
 }
 
 fn new_sid() -> String {

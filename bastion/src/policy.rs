@@ -344,7 +344,8 @@ fn protected_ranges() -> [(IpNet, Protected); 10] {
     ]
 }
 
-fn canonical_ip(ip: IpAddr) -> IpAddr {
+/// IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) as the IPv4 address they are.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()

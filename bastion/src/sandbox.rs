@@ -77,6 +77,11 @@ pub enum SandboxError {
     SeccompApply(#[source] seccompiler::Error),
 }
 
+/// The empty directory under `sandbox.runtime_dir` that workers mount their root on.
+pub fn root_mount_point(runtime_dir: &Path) -> std::path::PathBuf {
+    runtime_dir.join("root")
+}
+
 /// The client socket and the control socket a worker inherits on fds 3 and 4.
 pub fn inherited_fds() -> (OwnedFd, OwnedFd) {
     // SAFETY: `spawn_worker` placed exactly these two fds at these numbers

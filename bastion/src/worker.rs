@@ -578,32 +578,12 @@ impl russh::server::Handler for WorkerHandler {
                 Ok((ToWorker::ForwardReply { result: Ok(()), .. }, Some(fd))) => fd,
                 Ok((
                     ToWorker::ForwardReply {
-                        result: Err(ForwardRefusal::ConnectFailed(why)),
+                        result: Err(refusal),
                         ..
                     },
                     _,
                 )) => {
-                    reply
-                        .reject(ChannelOpenFailure::Other {
-                            code: 2,
-                            reason: why,
-                        })
-                        .await;
-                    return;
-                }
-                Ok((
-                    ToWorker::ForwardReply {
-                        result: Err(ForwardRefusal::Prohibited(why)),
-                        ..
-                    },
-                    _,
-                )) => {
-                    reply
-                        .reject(ChannelOpenFailure::Other {
-                            code: 1,
-                            reason: why,
-                        })
-                        .await;
+                    reply.reject(open_failure(refusal)).await;
                     return;
                 }
                 _ => {
@@ -633,10 +613,17 @@ impl russh::server::Handler for WorkerHandler {
 }
 
 fn prohibited(reason: &str) -> ChannelOpenFailure {
-    ChannelOpenFailure::Other {
-        code: 1,
-        reason: reason.into(),
-    }
+    open_failure(ForwardRefusal::Prohibited(reason.into()))
+}
+
+/// The SSH channel-open failure for a refusal, with the monitor's reason as
+/// its text (RFC 4254: 1 = administratively prohibited, 2 = connect failed).
+fn open_failure(refusal: ForwardRefusal) -> ChannelOpenFailure {
+    let (code, reason) = match refusal {
+        ForwardRefusal::Prohibited(r) => (1, r),
+        ForwardRefusal::ConnectFailed(r) => (2, r),
+    };
+    ChannelOpenFailure::Other { code, reason }
 }
 
 /// Pumps bytes between the client's channel and the onward socket until
