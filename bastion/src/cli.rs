@@ -41,6 +41,18 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print a login's IAM SSH keys, for OpenSSH's AuthorizedKeysCommand on
+    /// ordinary hosts (a drop-in for widdix/aws-ec2-ssh).
+    ///
+    /// In sshd_config:
+    ///   AuthorizedKeysCommand /usr/local/bin/bastion authorized-keys --widdix-config /etc/aws-ec2-ssh.conf --cache-dir /var/cache/bastion-keys %u
+    ///   AuthorizedKeysCommandUser bastion-keys
+    ///
+    /// Prints the Active keys (nothing for unknown users or non-members) and
+    /// exits 0; exits 1 without output when IAM cannot answer and no cached
+    /// answer is young enough. AWS region, credentials and endpoint come from
+    /// the standard AWS environment and files.
+    AuthorizedKeys(AuthorizedKeysArgs),
     /// Work with audit trails.
     Audit {
         #[command(subcommand)]
@@ -68,6 +80,37 @@ enum AuditCommand {
         /// A `<login>.jsonl` trail or the audit directory.
         path: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct AuthorizedKeysArgs {
+    /// The login sshd asks about (%u); widdix spellings (.plus. .equal. .comma. .at.) are understood.
+    login: String,
+    /// widdix/aws-ec2-ssh's configuration file: IAM_AUTHORIZED_GROUPS and ASSUMEROLE are used.
+    #[arg(long, value_name = "FILE")]
+    widdix_config: Option<PathBuf>,
+    /// Only members of this IAM group (repeatable; any of them); overrides IAM_AUTHORIZED_GROUPS.
+    #[arg(long = "group", value_name = "GROUP")]
+    groups: Vec<String>,
+    /// Read IAM through this role (another account); overrides ASSUMEROLE.
+    #[arg(long, value_name = "ARN")]
+    assume_role_arn: Option<String>,
+    /// Keep answers on disk here (owned by the AuthorizedKeysCommandUser, mode 0700), so
+    /// logins within the cache lifetime cost no IAM call and an IAM outage locks nobody out.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Reuse an answer this long.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    cache_ttl: std::time::Duration,
+    /// While IAM is unreachable or throttling, use the last answer this long.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    stale_ttl: std::time::Duration,
+    /// Remember "no such IAM user" this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    negative_ttl: std::time::Duration,
+    /// Give up on IAM after this long (sshd waits for the command).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +143,17 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { config } => check_config(&config),
+        Command::AuthorizedKeys(a) => crate::akc::run(crate::akc::Request {
+            login: a.login,
+            widdix_config: a.widdix_config,
+            groups: a.groups,
+            assume_role_arn: a.assume_role_arn,
+            cache_dir: a.cache_dir,
+            cache_ttl: a.cache_ttl,
+            stale_ttl: a.stale_ttl,
+            negative_ttl: a.negative_ttl,
+            timeout: a.timeout,
+        }),
         Command::Audit {
             command: AuditCommand::Verify { path },
         } => audit_verify(&path),
@@ -134,7 +188,8 @@ struct Prepared {
     fingerprints: Vec<String>,
 }
 
-fn prepare(cfg: &Config) -> Result<Prepared, Vec<ConfigError>> {
+/// `fetch_remote`: fetch host keys kept in AWS (serve), or only check their references (check-config).
+fn prepare(cfg: &Config, fetch_remote: bool) -> Result<Prepared, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let err = |key: String, message: String| ConfigError {
         source: cfg.origins.of(key.split('[').next().unwrap_or(&key)),
@@ -144,8 +199,26 @@ fn prepare(cfg: &Config) -> Result<Prepared, Vec<ConfigError>> {
     };
     let mut host_keys = Vec::new();
     let mut fingerprints = Vec::new();
-    for (i, path) in cfg.host_keys.iter().enumerate() {
-        match std::fs::read_to_string(path) {
+    // Keys kept in SSM are fetched only to serve (check-config makes no AWS call).
+    let ssm_names: Vec<String> = cfg
+        .host_keys
+        .iter()
+        .filter_map(|k| match k {
+            config::HostKey::Ssm(n) if fetch_remote => Some(n.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut fetched = crate::hostkeys::fetch_ssm(&ssm_names).into_iter();
+    for (i, source) in cfg.host_keys.iter().enumerate() {
+        let text = match source {
+            config::HostKey::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            config::HostKey::Ssm(_) if !fetch_remote => continue,
+            config::HostKey::Ssm(name) => fetched
+                .next()
+                .unwrap_or_else(|| Err(format!("ssm:{name}: not fetched"))),
+        };
+        match text {
             Ok(text) => match russh::keys::decode_secret_key(&text, None) {
                 Ok(key) => {
                     fingerprints.push(format!(
@@ -157,13 +230,10 @@ fn prepare(cfg: &Config) -> Result<Prepared, Vec<ConfigError>> {
                 }
                 Err(e) => errors.push(err(
                     format!("host_keys[{i}]"),
-                    format!("{} is not an OpenSSH private key: {e}", path.display()),
+                    format!("{source} is not an OpenSSH private key: {e}"),
                 )),
             },
-            Err(e) => errors.push(err(
-                format!("host_keys[{i}]"),
-                format!("cannot read {}: {e}", path.display()),
-            )),
+            Err(why) => errors.push(err(format!("host_keys[{i}]"), why)),
         }
     }
     let mut rules = Vec::new();
@@ -182,7 +252,11 @@ fn prepare(cfg: &Config) -> Result<Prepared, Vec<ConfigError>> {
             }
         }
     }
-    let sources = match KeySources::new(&cfg.auth) {
+    let want_groups = cfg
+        .allow
+        .iter()
+        .any(|r| r.principals.iter().any(|p| p.starts_with("group:")));
+    let sources = match KeySources::new(&cfg.auth, want_groups) {
         Ok(s) => Some(s),
         Err(problems) => {
             for (i, key, message) in problems {
@@ -276,13 +350,13 @@ fn check_config(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(errors) => return print_config_errors(&errors),
     };
-    match prepare(&cfg) {
-        Ok(p) => {
+    match prepare(&cfg, false) {
+        Ok(_) => {
             println!(
                 "{}: configuration is valid ({} listen address(es), {} host key(s), {} key source(s), {} forwarding rule(s))",
                 path.display(),
                 cfg.listen.len(),
-                p.host_keys.len(),
+                cfg.host_keys.len(),
                 cfg.auth.len(),
                 cfg.allow.len()
             );
@@ -332,7 +406,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(errors) => return print_config_errors(&errors),
     };
-    let prepared = match prepare(&cfg) {
+    let prepared = match prepare(&cfg, true) {
         Ok(p) => p,
         Err(errors) => return print_config_errors(&errors),
     };
@@ -400,8 +474,21 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        let health = match shared.config.health_listen {
+            None => None,
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    print_error(&format!("cannot listen on {addr} (health_listen): {e}"), Some("change health_listen"));
+                    return ExitCode::from(1);
+                }
+            },
+        };
         announce(&shared, &fingerprints, &sources_desc, dev.as_ref());
         let (phase_tx, phase_rx) = tokio::sync::watch::channel(Phase::Running);
+        if let Some(l) = health {
+            tokio::spawn(crate::health::serve(l, shared.clone(), phase_rx.clone()));
+        }
         let grace = shared.config.limits.shutdown_grace;
         let mut server = tokio::spawn(monitor::run(shared.clone(), listeners, phase_rx));
         let signals = async {

@@ -17,6 +17,8 @@
 //!
 //! ```toml
 //! listen    = ["0.0.0.0:22"]                         # "IP:PORT" or "[IPv6]:PORT"
+//! health_listen = "0.0.0.0:8080"                     # optional: HTTP /healthz and /metrics
+//! proxy_protocol = false                             # true: PROXY v2 header first (behind an NLB)
 //! host_keys = ["/etc/bastion/ssh_host_ed25519_key"]  # required
 //!
 //! [[auth]]                       # where public keys come from, tried in order; at least one
@@ -33,6 +35,16 @@
 //! command = "/usr/local/bin/keys %u %f"
 //! run_as  = "nobody"
 //! timeout = "10s"
+//!
+//! [[auth]]
+//! type            = "iam"        # IAM users' SSH keys (crate::iam)
+//! groups          = []           # IAM groups whose members may log in; empty: any IAM user
+//! assume_role_arn = "arn:aws:iam::123456789012:role/bastion-key-reader"   # optional
+//! cache_ttl       = "60s"
+//! stale_ttl       = "1h"         # at least cache_ttl
+//! negative_ttl    = "10s"
+//! timeout         = "10s"
+//! cache_dir       = "/var/cache/bastion"   # optional
 //!
 //! [[allow]]                      # forwarding policy; without any rule nothing may be forwarded
 //! principals = ["*"]
@@ -119,8 +131,15 @@ const FILE_OR_DIR_HINT: &str =
 pub struct Config {
     /// Addresses to accept SSH connections on (`listen`, default `["0.0.0.0:22"]`).
     pub listen: Vec<SocketAddr>,
-    /// Host private key files (`host_keys`, required); each was a readable file when loaded.
-    pub host_keys: Vec<PathBuf>,
+    /// Host private keys (`host_keys`, required): files (each was a readable file when loaded)
+    /// or SSM Parameter Store SecureStrings (`ssm:/bastion/host_ed25519_key`), fetched at start.
+    pub host_keys: Vec<HostKey>,
+    /// Where `/healthz` and `/metrics` are served over HTTP (`health_listen`, default: nowhere).
+    /// They never call AWS.
+    pub health_listen: Option<SocketAddr>,
+    /// Every connection starts with a PROXY protocol v2 header naming the real client
+    /// (`proxy_protocol`, default false); for use behind a Network Load Balancer only.
+    pub proxy_protocol: bool,
     /// Where users' public keys come from (`[[auth]]`), tried in order; never empty.
     pub auth: Vec<AuthSource>,
     /// Forwarding rules (`[[allow]]`), in file order; empty means nothing may be forwarded.
@@ -133,6 +152,25 @@ pub struct Config {
     pub limits: Limits,
     /// Where each key's value came from, for reporting problems found after loading.
     pub origins: Origins,
+}
+
+/// Where one host private key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKey {
+    /// An OpenSSH private key file.
+    File(PathBuf),
+    /// `ssm:NAME`: an SSM Parameter Store parameter (SecureString), read with decryption,
+    /// so that every instance behind one load balancer presents the same key.
+    Ssm(String),
+}
+
+impl fmt::Display for HostKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostKey::File(p) => write!(f, "{}", p.display()),
+            HostKey::Ssm(name) => write!(f, "ssm:{name}"),
+        }
+    }
 }
 
 /// One `[[auth]]` entry: a source of authorized keys.
@@ -157,7 +195,39 @@ pub enum AuthSource {
         /// `timeout`: how long the command may run (default 10s).
         timeout: Duration,
     },
+    /// `type = "iam"`: the SSH public keys IAM users upload (`aws iam upload-ssh-public-key`).
+    Iam(IamAuth),
 }
+
+/// The settings of one `type = "iam"` key source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IamAuth {
+    /// `groups`: IAM groups whose members may log in; empty means any IAM user (default `[]`).
+    pub groups: Vec<String>,
+    /// `assume_role_arn`: a role (usually in another account) assumed to read the users' keys.
+    pub assume_role_arn: Option<String>,
+    /// `cache_ttl`: how long a fresh answer is reused (default 60s, > 0).
+    pub cache_ttl: Duration,
+    /// `stale_ttl`: how long the last good answer is used while IAM is unreachable or
+    /// throttling (default 1h, at least `cache_ttl`).
+    pub stale_ttl: Duration,
+    /// `negative_ttl`: how long "no such IAM user" is remembered (default 10s, > 0).
+    pub negative_ttl: Duration,
+    /// `timeout`: the longest one user's lookup may take, retries included (default 10s, > 0).
+    pub timeout: Duration,
+    /// `cache_dir`: where answers are also kept on disk, so that a restart during an IAM
+    /// outage still has them (default: memory only).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Defaults of the `iam` key source, shared with `bastion authorized-keys`.
+pub const IAM_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Default `stale_ttl`.
+pub const IAM_STALE_TTL: Duration = Duration::from_secs(3600);
+/// Default `negative_ttl`.
+pub const IAM_NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// Default `timeout` of one IAM lookup.
+pub const IAM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One `[[allow]]` forwarding rule, not yet parsed (the policy module parses and reports it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -466,6 +536,8 @@ const LIMITS_KEYS: &[(&str, Kind)] = &[
 const ROOT_KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::List),
     ("host_keys", Kind::List),
+    ("health_listen", Kind::Text),
+    ("proxy_protocol", Kind::Bool),
     ("auth", Kind::Tables),
     ("allow", Kind::Tables),
     ("audit", Kind::Section(AUDIT_KEYS)),
@@ -474,8 +546,29 @@ const ROOT_KEYS: &[(&str, Kind)] = &[
 ];
 const AUTH_FILE_KEYS: &[&str] = &["dir", "file", "logins"];
 const AUTH_COMMAND_KEYS: &[&str] = &["command", "run_as", "timeout"];
+const AUTH_IAM_KEYS: &[&str] = &[
+    "groups",
+    "assume_role_arn",
+    "cache_ttl",
+    "stale_ttl",
+    "negative_ttl",
+    "timeout",
+    "cache_dir",
+];
 const AUTH_KEYS: &[&str] = &[
-    "type", "dir", "file", "logins", "command", "run_as", "timeout",
+    "type",
+    "dir",
+    "file",
+    "logins",
+    "command",
+    "run_as",
+    "timeout",
+    "groups",
+    "assume_role_arn",
+    "cache_ttl",
+    "stale_ttl",
+    "negative_ttl",
+    "cache_dir",
 ];
 const ALLOW_KEYS: &[&str] = &["principals", "to"];
 
@@ -730,6 +823,8 @@ fn build(
         Some(body) if errors.is_empty() => Ok(Config {
             listen: body.listen,
             host_keys: body.host_keys,
+            health_listen: body.health_listen,
+            proxy_protocol: body.proxy_protocol,
             auth: body.auth,
             allow: body.allow,
             audit: body.audit,
@@ -768,7 +863,9 @@ fn parse_file(text: &str) -> Result<Table, String> {
 /// Everything but the origins, which the reader borrows.
 struct Body {
     listen: Vec<SocketAddr>,
-    host_keys: Vec<PathBuf>,
+    host_keys: Vec<HostKey>,
+    health_listen: Option<SocketAddr>,
+    proxy_protocol: bool,
     auth: Vec<AuthSource>,
     allow: Vec<AllowRule>,
     audit: Audit,
@@ -1104,6 +1201,24 @@ impl Reader<'_> {
     fn config(&mut self, mut root: Table) -> Option<Body> {
         let listen = self.listen(&mut root);
         let host_keys = self.host_keys(&mut root);
+        let health_listen = match root.remove("health_listen") {
+            None => Some(None),
+            Some(v) => {
+                self.string("health_listen", v)
+                    .and_then(|s| match s.trim().parse::<SocketAddr>() {
+                        Ok(a) => Some(Some(a)),
+                        Err(_) => {
+                            self.push(
+                                "health_listen",
+                                format!("invalid socket address {s:?}"),
+                                Some("write IP:PORT, e.g. \"0.0.0.0:8080\"".into()),
+                            );
+                            None
+                        }
+                    })
+            }
+        };
+        let proxy_protocol = self.field(&mut root, "", "proxy_protocol", false, Self::boolean);
         let auth = self.auth(&mut root);
         let allow = self.allow(&mut root);
         let audit = self.audit(&mut root);
@@ -1113,6 +1228,8 @@ impl Reader<'_> {
         Some(Body {
             listen: listen?,
             host_keys: host_keys?,
+            health_listen: health_listen?,
+            proxy_protocol: proxy_protocol?,
             auth: auth?,
             allow: allow?,
             audit: audit?,
@@ -1153,7 +1270,7 @@ impl Reader<'_> {
             }))
     }
 
-    fn host_keys(&mut self, root: &mut Table) -> Option<Vec<PathBuf>> {
+    fn host_keys(&mut self, root: &mut Table) -> Option<Vec<HostKey>> {
         let Some(v) = root.remove("host_keys") else {
             self.missing(
                 "host_keys",
@@ -1173,8 +1290,37 @@ impl Reader<'_> {
         }
         all(list.into_iter().enumerate().map(|(i, s)| {
             let key = format!("host_keys[{i}]");
+            if let Some(name) = s.strip_prefix("ssm:") {
+                // Parameter names: letters, digits and _.-/ (SSM's rule), up to 2048.
+                let valid = !name.is_empty()
+                    && name.len() <= 2048
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+                if !valid {
+                    self.push(
+                        &key,
+                        format!("{s:?} is not a valid SSM parameter reference"),
+                        Some(
+                            "write ssm:/path/to/parameter, e.g. ssm:/bastion/host_ed25519_key"
+                                .into(),
+                        ),
+                    );
+                    return None;
+                }
+                return Some(HostKey::Ssm(name.to_string()));
+            }
+            if s.starts_with("secretsmanager:") {
+                self.push(
+                    &key,
+                    "secretsmanager: host keys are not supported by this build yet",
+                    Some("store the key as an SSM SecureString and write ssm:/name".into()),
+                );
+                return None;
+            }
             let path = self.path(&key, Value::String(s))?;
-            self.check_readable_file(&key, &path).then_some(path)
+            self.check_readable_file(&key, &path)
+                .then_some(HostKey::File(path))
         }))
     }
 
@@ -1211,7 +1357,7 @@ impl Reader<'_> {
                 self.push(
                     &type_key,
                     "missing",
-                    Some("set type = \"file\" or type = \"command\"".into()),
+                    Some("set type = \"file\", \"command\" or \"iam\"".into()),
                 );
                 None
             }
@@ -1219,18 +1365,21 @@ impl Reader<'_> {
         let source = match kind.as_deref() {
             Some("file") => self.auth_file(&p, &mut t),
             Some("command") => self.auth_command(&p, &mut t),
-            Some(other @ ("iam" | "eic")) => {
+            Some("iam") => self.auth_iam(&p, &mut t),
+            Some(other @ "eic") => {
                 self.push(
                     &type_key,
                     format!("type {other:?} is not supported by this build yet"),
-                    Some("use type = \"file\" or type = \"command\"".into()),
+                    Some("use type = \"file\", \"command\" or \"iam\"".into()),
                 );
                 None
             }
             Some(other) => {
                 self.push(
                     &type_key,
-                    format!("unknown type {other:?}; known types are \"file\" and \"command\""),
+                    format!(
+                        "unknown type {other:?}; known types are \"file\", \"command\" and \"iam\""
+                    ),
                     None,
                 );
                 None
@@ -1245,9 +1394,12 @@ impl Reader<'_> {
         source
     }
 
-    /// Reports keys in `t` that belong to another auth type.
-    fn foreign_auth_keys(&mut self, t: &mut Table, p: &str, kind: &str, foreign: &[&str]) {
-        for name in foreign {
+    /// Reports keys in `t` that belong to another auth type (`own`: the keys of `kind`).
+    fn foreign_auth_keys(&mut self, t: &mut Table, p: &str, kind: &str, own: &[&str]) {
+        for name in AUTH_KEYS
+            .iter()
+            .filter(|k| **k != "type" && !own.contains(k))
+        {
             if t.remove(*name).is_some() {
                 self.push(
                     &format!("{p}.{name}"),
@@ -1263,7 +1415,7 @@ impl Reader<'_> {
         let file = t.remove("file").map(|v| self.path(&format!("{p}.file"), v));
         let logins_key = format!("{p}.logins");
         let logins = t.remove("logins").map(|v| self.strings(&logins_key, v));
-        self.foreign_auth_keys(t, p, "file", AUTH_COMMAND_KEYS);
+        self.foreign_auth_keys(t, p, "file", AUTH_FILE_KEYS);
         match (dir, file) {
             (Some(_), Some(_)) => {
                 self.push(
@@ -1375,12 +1527,87 @@ impl Reader<'_> {
         let timeout = self.field(t, p, "timeout", DEFAULT_COMMAND_TIMEOUT, |r, k, v| {
             r.duration(k, v, true)
         });
-        self.foreign_auth_keys(t, p, "command", AUTH_FILE_KEYS);
+        self.foreign_auth_keys(t, p, "command", AUTH_COMMAND_KEYS);
         Some(AuthSource::Command {
             command: command?,
             run_as: run_as?,
             timeout: timeout?,
         })
+    }
+
+    fn auth_iam(&mut self, p: &str, t: &mut Table) -> Option<AuthSource> {
+        let groups_key = format!("{p}.groups");
+        let groups = self.field(t, p, "groups", Vec::new(), Self::strings);
+        let groups = groups.and_then(|list| {
+            let mut ok = true;
+            for (i, g) in list.iter().enumerate() {
+                if let Err(why) = crate::iam::validate_group_name(g) {
+                    self.push(&format!("{groups_key}[{i}]"), why, None);
+                    ok = false;
+                }
+            }
+            ok.then_some(list)
+        });
+        let arn_key = format!("{p}.assume_role_arn");
+        let assume_role_arn = match t.remove("assume_role_arn") {
+            None => Some(None),
+            Some(v) => {
+                self.string(&arn_key, v)
+                    .and_then(|arn| match crate::iam::validate_role_arn(&arn) {
+                        Ok(()) => Some(Some(arn)),
+                        Err(why) => {
+                            self.push(
+                                &arn_key,
+                                why,
+                                Some(
+                                    "e.g. arn:aws:iam::123456789012:role/bastion-key-reader".into(),
+                                ),
+                            );
+                            None
+                        }
+                    })
+            }
+        };
+        let mut ttl = |r: &mut Self, name: &str, default: Duration| {
+            r.field(t, p, name, default, |r, k, v| r.duration(k, v, true))
+        };
+        let cache_ttl = ttl(self, "cache_ttl", IAM_CACHE_TTL);
+        let stale_ttl = ttl(self, "stale_ttl", IAM_STALE_TTL);
+        let negative_ttl = ttl(self, "negative_ttl", IAM_NEGATIVE_TTL);
+        let timeout = ttl(self, "timeout", IAM_TIMEOUT);
+        let cache_dir = match t.remove("cache_dir") {
+            None => Some(None),
+            Some(v) => {
+                let key = format!("{p}.cache_dir");
+                self.path(&key, v)
+                    .filter(|dir| self.check_dir(&key, dir))
+                    .map(Some)
+            }
+        };
+        if let (Some(fresh), Some(stale)) = (cache_ttl, stale_ttl) {
+            if stale < fresh {
+                self.push(
+                    &format!("{p}.stale_ttl"),
+                    format!(
+                        "must be at least cache_ttl ({}), found {}",
+                        humantime::format_duration(fresh),
+                        humantime::format_duration(stale)
+                    ),
+                    None,
+                );
+                return None;
+            }
+        }
+        self.foreign_auth_keys(t, p, "iam", AUTH_IAM_KEYS);
+        Some(AuthSource::Iam(IamAuth {
+            groups: groups?,
+            assume_role_arn: assume_role_arn?,
+            cache_ttl: cache_ttl?,
+            stale_ttl: stale_ttl?,
+            negative_ttl: negative_ttl?,
+            timeout: timeout?,
+            cache_dir: cache_dir?,
+        }))
     }
 
     fn allow(&mut self, root: &mut Table) -> Option<Vec<AllowRule>> {
@@ -1719,7 +1946,7 @@ mod tests {
             cfg.listen,
             vec!["0.0.0.0:22".parse::<SocketAddr>().unwrap()]
         );
-        assert_eq!(cfg.host_keys, vec![f.key.clone()]);
+        assert_eq!(cfg.host_keys, vec![HostKey::File(f.key.clone())]);
         assert_eq!(
             cfg.auth,
             vec![AuthSource::File {
@@ -1786,7 +2013,7 @@ mod tests {
             vars(&[("BASTION_HOST_KEYS", &key), ("BASTION_AUTH", &auth)]),
             vec![],
         ));
-        assert_eq!(cfg.host_keys, vec![f.key.clone()]);
+        assert_eq!(cfg.host_keys, vec![HostKey::File(f.key.clone())]);
         assert_eq!(
             cfg.origins.of("host_keys[0]"),
             "environment variable BASTION_HOST_KEYS"
@@ -2503,7 +2730,7 @@ shutdown_grace = "0s"
         assert_eq!(e.key, "auth[0].type");
         assert_eq!(
             e.message,
-            "unknown type \"ldap\"; known types are \"file\" and \"command\""
+            "unknown type \"ldap\"; known types are \"file\", \"command\" and \"iam\""
         );
 
         let e = one(f.load(
@@ -2518,9 +2745,129 @@ shutdown_grace = "0s"
     }
 
     #[test]
-    fn iam_is_not_supported_yet() {
+    fn iam_source_defaults_and_settings() {
         let f = fixture();
-        for kind in ["iam", "eic"] {
+        let base = format!("host_keys = [{:?}]\n[[auth]]\ntype = \"iam\"\n", f.key);
+        let cfg = ok(f.load(&base, &[], vec![]));
+        assert_eq!(
+            cfg.auth,
+            vec![AuthSource::Iam(IamAuth {
+                groups: vec![],
+                assume_role_arn: None,
+                cache_ttl: IAM_CACHE_TTL,
+                stale_ttl: IAM_STALE_TTL,
+                negative_ttl: IAM_NEGATIVE_TTL,
+                timeout: IAM_TIMEOUT,
+                cache_dir: None,
+            })]
+        );
+        let text = format!(
+            "{base}groups = [\"bastion-users\", \"ops\"]\nassume_role_arn = \"arn:aws:iam::111111111111:role/keys\"\ncache_ttl = \"5s\"\nstale_ttl = \"2m\"\nnegative_ttl = \"1s\"\ntimeout = \"3s\"\ncache_dir = {:?}\n",
+            f.users
+        );
+        let cfg = ok(f.load(&text, &[], vec![]));
+        let AuthSource::Iam(iam) = &cfg.auth[0] else {
+            panic!("{:?}", cfg.auth)
+        };
+        assert_eq!(iam.groups, vec!["bastion-users", "ops"]);
+        assert_eq!(
+            iam.assume_role_arn.as_deref(),
+            Some("arn:aws:iam::111111111111:role/keys")
+        );
+        assert_eq!(iam.cache_ttl, Duration::from_secs(5));
+        assert_eq!(iam.stale_ttl, Duration::from_secs(120));
+        assert_eq!(iam.cache_dir.as_deref(), Some(f.users.as_path()));
+        let e = one(f.load(
+            &format!("{base}cache_dir = \"/nonexistent/bastion-cache\"\n"),
+            &[],
+            vec![],
+        ));
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            (
+                "auth[0].cache_dir",
+                "/nonexistent/bastion-cache does not exist"
+            )
+        );
+    }
+
+    #[test]
+    fn iam_source_errors_name_their_keys() {
+        let f = fixture();
+        let base = format!("host_keys = [{:?}]\n[[auth]]\ntype = \"iam\"\n", f.key);
+        let e = errs(f.load(
+            &format!("{base}groups = [\"ok\", \"no/slash\"]\nassume_role_arn = \"arn:aws:iam::1:role/x\"\ncache_ttl = \"0s\"\ndir = \"/x\"\n"),
+            &[],
+            vec![],
+        ));
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "auth[0].groups[1]",
+                "auth[0].assume_role_arn",
+                "auth[0].cache_ttl",
+                "auth[0].dir"
+            ],
+            "{e:?}"
+        );
+        assert!(e[1]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("arn:aws:iam::123456789012:role/"));
+        assert_eq!(e[3].message, "dir does not apply to type = \"iam\"");
+        let e = one(f.load(
+            &format!("{base}cache_ttl = \"10m\"\nstale_ttl = \"1m\"\n"),
+            &[],
+            vec![],
+        ));
+        assert_eq!(e.key, "auth[0].stale_ttl");
+        assert!(
+            e.message.contains("at least cache_ttl (10m)"),
+            "{}",
+            e.message
+        );
+        // Command keys are foreign to iam, and iam keys to command (timeout is shared).
+        let e = one(f.load(&format!("{base}run_as = \"nobody\"\n"), &[], vec![]));
+        assert_eq!(e.key, "auth[0].run_as");
+    }
+
+    #[test]
+    fn host_keys_from_ssm() {
+        let f = fixture();
+        let text = format!(
+            "host_keys = [\"ssm:/bastion/host_ed25519_key\", {:?}]\n[[auth]]\ntype = \"file\"\ndir = {:?}\n",
+            f.key, f.users
+        );
+        let cfg = ok(f.load(&text, &[], vec![]));
+        assert_eq!(
+            cfg.host_keys,
+            vec![
+                HostKey::Ssm("/bastion/host_ed25519_key".into()),
+                HostKey::File(f.key.clone())
+            ]
+        );
+        assert_eq!(
+            cfg.host_keys[0].to_string(),
+            "ssm:/bastion/host_ed25519_key"
+        );
+        let text = "host_keys = [\"ssm:\", \"ssm:/a b\", \"secretsmanager:bastion\"]\n[[auth]]\ntype = \"command\"\ncommand = \"/bin/k\"\n";
+        let e = errs(f.load(text, &[], vec![]));
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["host_keys[0]", "host_keys[1]", "host_keys[2]"],
+            "{e:?}"
+        );
+        assert!(e[2].message.contains("not supported by this build yet"));
+    }
+
+    #[test]
+    fn eic_is_not_supported_yet() {
+        let f = fixture();
+        {
+            let kind = "eic";
             let text = format!("host_keys = [{:?}]\n[[auth]]\ntype = {kind:?}\n", f.key);
             let e = one(f.load(&text, &[], vec![]));
             assert_eq!(e.key, "auth[0].type");
@@ -2584,7 +2931,7 @@ shutdown_grace = "0s"
         )];
         let cfg = ok(load(Some(&path), env.clone(), vec![]));
         let etc = f.dir.path().join("etc");
-        assert_eq!(cfg.host_keys, vec![etc.join("hostkey")]);
+        assert_eq!(cfg.host_keys, vec![HostKey::File(etc.join("hostkey"))]);
         assert_eq!(
             cfg.auth,
             vec![AuthSource::File {

@@ -8,36 +8,53 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
 
 use tokio::io::AsyncReadExt;
 
 use crate::authkeys::{parse_authorized_keys, KeyOptions, PublicKeyBlob};
 use crate::config::AuthSource;
+use crate::iam::{self, Freshness, IamSource, Record, SdkIam};
 
 /// Output of an AuthorizedKeysCommand beyond this is an error, not a key list.
 const MAX_COMMAND_OUTPUT: usize = 1024 * 1024;
 
+/// Extra fields a source adds to the `auth` audit event (e.g. `iam_arn`).
+pub type AuditFields = Vec<(&'static str, Value)>;
+
 /// A key source that authorised a key.
 #[derive(Debug, Clone)]
 pub struct Authorized {
-    /// The principal: for these sources the login itself.
+    /// The principal: the login itself for file and command sources, the IAM
+    /// user name (as IAM spells it) for the iam source.
     pub user: String,
-    /// Which source, for the audit trail: `file:/etc/bastion/users/alice`, `command:/usr/local/bin/keys`.
+    /// Which source, for the audit trail: `file:/etc/bastion/users/alice`, `command:/usr/local/bin/keys`, `iam`.
     pub source: String,
     /// The options of the matching authorized_keys line.
     pub options: KeyOptions,
+    /// The principal's groups, for `group:` principals in the policy.
+    pub groups: Vec<String>,
+    /// Extra fields for the audit event.
+    pub audit: AuditFields,
 }
 
 /// The answer for one (login, key).
 #[derive(Debug)]
 pub enum Lookup {
     Authorized(Authorized),
-    /// `known_login`: some source had keys for this login (a wrong or
-    /// restricted key, rather than a login nobody knows).
+    /// `principal`: who the login turned out to be when some source knew it
+    /// (a wrong or restricted key, rather than a login nobody knows); the
+    /// refusal goes to that principal's trail.
     Denied {
         reason: String,
-        known_login: bool,
+        principal: Option<String>,
+        audit: AuditFields,
+        /// The kind of the last source that had something to say (`file`,
+        /// `command`, `iam`), for the metrics.
+        source: Option<&'static str>,
     },
 }
 
@@ -53,6 +70,7 @@ enum Source {
         gid: u32,
         timeout: Duration,
     },
+    Iam(Arc<IamSource<SdkIam>>),
 }
 
 /// The configured key sources, in order.
@@ -69,12 +87,19 @@ enum Answer {
         text: String,
         origin: String,
     },
+    /// The source decided by itself.
+    Decided(Lookup),
     Failed(String),
 }
 
 impl KeySources {
     /// Builds the sources; errors are (index in `[[auth]]`, key, message).
-    pub fn new(config: &[AuthSource]) -> Result<KeySources, Vec<(usize, &'static str, String)>> {
+    /// `want_groups`: the policy names groups, so sources that know groups
+    /// should ask for them.
+    pub fn new(
+        config: &[AuthSource],
+        want_groups: bool,
+    ) -> Result<KeySources, Vec<(usize, &'static str, String)>> {
         let mut sources = Vec::new();
         let mut errors = Vec::new();
         for (i, source) in config.iter().enumerate() {
@@ -115,6 +140,10 @@ impl KeySources {
                         }
                     }
                 }
+                AuthSource::Iam(c) => sources.push(Source::Iam(Arc::new(IamSource::new(
+                    SdkIam::new(c.assume_role_arn.clone(), c.timeout),
+                    iam::Settings::from_config(c, want_groups),
+                )))),
             }
         }
         if errors.is_empty() {
@@ -122,6 +151,34 @@ impl KeySources {
         } else {
             Err(errors)
         }
+    }
+
+    /// IAM lookups by answer, summed over the iam sources (for `/metrics`).
+    pub fn iam_counts(&self) -> Vec<(&'static str, u64)> {
+        self.sum_iam(|s| s.counts().lookups())
+    }
+
+    /// Failed IAM lookups by kind, summed over the iam sources.
+    pub fn iam_error_counts(&self) -> Vec<(&'static str, u64)> {
+        self.sum_iam(|s| s.counts().errors())
+    }
+
+    fn sum_iam(
+        &self,
+        f: impl Fn(&IamSource<SdkIam>) -> Vec<(&'static str, u64)>,
+    ) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<(&'static str, u64)> = Vec::new();
+        for s in &self.sources {
+            if let Source::Iam(src) = s {
+                for (k, v) in f(src) {
+                    match out.iter_mut().find(|(x, _)| *x == k) {
+                        Some(e) => e.1 += v,
+                        None => out.push((k, v)),
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// One line per source, for the start-up announcement.
@@ -134,6 +191,19 @@ impl KeySources {
                     format!("file: {} for {}", path.display(), logins.join(", "))
                 }
                 Source::Command { argv, .. } => format!("command: {}", argv.join(" ")),
+                Source::Iam(src) => {
+                    let s = src.settings();
+                    format!(
+                        "iam: {}, cache {} (stale up to {})",
+                        if s.groups.is_empty() {
+                            "any IAM user".to_string()
+                        } else {
+                            format!("members of {}", s.groups.join(", "))
+                        },
+                        humantime::format_duration(s.cache_ttl),
+                        humantime::format_duration(s.stale_ttl)
+                    )
+                }
             })
             .collect()
     }
@@ -142,16 +212,36 @@ impl KeySources {
     pub async fn authorize(&self, login: &str, key: &PublicKeyBlob, peer: IpAddr) -> Lookup {
         let fingerprint = key.fingerprint();
         let mut known_login = false;
+        let mut principal: Option<String> = None;
+        let mut audit: AuditFields = Vec::new();
         let mut reasons: Vec<String> = Vec::new();
+        let mut answered: Option<&'static str> = None;
         for source in &self.sources {
             let (text, origin) = match source.keys_for(login, key, &fingerprint).await {
                 Answer::Unknown => continue,
                 Answer::Failed(why) => {
+                    answered = Some(source.kind());
                     tracing::warn!(login, error = %why, "key source failed");
                     reasons.push(why);
                     continue;
                 }
-                Answer::Keys { text, origin } => (text, origin),
+                Answer::Decided(Lookup::Authorized(a)) => return Lookup::Authorized(a),
+                Answer::Decided(Lookup::Denied {
+                    reason,
+                    principal: p,
+                    audit: fields,
+                    ..
+                }) => {
+                    answered = Some(source.kind());
+                    reasons.push(reason);
+                    principal = principal.or(p);
+                    audit.extend(fields);
+                    continue;
+                }
+                Answer::Keys { text, origin } => {
+                    answered = Some(source.kind());
+                    (text, origin)
+                }
             };
             let parsed = parse_authorized_keys(&text);
             for bad in &parsed.errors {
@@ -185,6 +275,8 @@ impl KeySources {
                     user: login.to_string(),
                     source: origin,
                     options: entry.options.clone(),
+                    groups: Vec::new(),
+                    audit: Vec::new(),
                 });
             }
         }
@@ -195,14 +287,25 @@ impl KeySources {
         } else {
             format!("no key source knows the login {login}")
         };
+        let known = known_login || !reasons.is_empty();
         Lookup::Denied {
             reason,
-            known_login: known_login || !reasons.is_empty(),
+            principal: principal.or_else(|| known.then(|| login.to_string())),
+            audit,
+            source: answered,
         }
     }
 }
 
 impl Source {
+    fn kind(&self) -> &'static str {
+        match self {
+            Source::Dir(_) | Source::File { .. } => "file",
+            Source::Command { .. } => "command",
+            Source::Iam(_) => "iam",
+        }
+    }
+
     async fn keys_for(&self, login: &str, key: &PublicKeyBlob, fingerprint: &str) -> Answer {
         match self {
             Source::Dir(dir) => read_keys_file(dir.join(login)).await,
@@ -219,6 +322,108 @@ impl Source {
                 gid,
                 timeout,
             } => run_command(argv, *uid, *gid, *timeout, login, key, fingerprint).await,
+            Source::Iam(src) => iam_decide(src, login, key, fingerprint).await,
+        }
+    }
+}
+
+/// The iam source's decision: the IAM user the login names (widdix spellings
+/// allowed), its Active keys compared by key material, its groups.
+async fn iam_decide<A: iam::IamApi>(
+    src: &IamSource<A>,
+    login: &str,
+    key: &PublicKeyBlob,
+    fingerprint: &str,
+) -> Answer {
+    let name = iam::iam_user_for_login(login);
+    if let Err(why) = iam::validate_user_name(&name) {
+        // Not a name IAM could hold: no call is made.
+        tracing::debug!(login, why = %why, "login is not an IAM user name");
+        return Answer::Unknown;
+    }
+    let answer = match src.lookup(&name).await {
+        Ok(a) => a,
+        Err(outage) => {
+            return Answer::Failed(format!(
+                "iam: cannot check IAM user {name}: {outage}; refusing (fail closed)"
+            ))
+        }
+    };
+    let user = match &*answer.record {
+        Record::NoSuchUser => return Answer::Unknown,
+        Record::User(u) => u,
+    };
+    let mut audit: AuditFields = vec![
+        ("iam_user", Value::from(user.name.clone())),
+        ("iam_arn", Value::from(user.arn.clone())),
+        ("iam_cache", Value::from(answer.freshness.word())),
+    ];
+    if let Freshness::Cached { age } | Freshness::Stale { age, .. } = &answer.freshness {
+        audit.push(("iam_cache_age_s", Value::from(age.as_secs())));
+    }
+    let stale_note = match &answer.freshness {
+        Freshness::Stale { why, .. } => {
+            audit.push(("iam_stale_reason", Value::from(why.clone())));
+            format!(" (from a stale cache: {why})")
+        }
+        _ => String::new(),
+    };
+    let deny = |reason: String, audit: AuditFields| {
+        Answer::Decided(Lookup::Denied {
+            reason: format!("{reason}{stale_note}"),
+            principal: Some(user.name.clone()),
+            audit,
+            source: Some("iam"),
+        })
+    };
+    let required = &src.settings().groups;
+    let Some(keys) = &user.keys else {
+        return deny(
+            format!(
+                "IAM user {} is not in any of the groups {}",
+                user.name,
+                required.join(", ")
+            ),
+            audit,
+        );
+    };
+    let matching = keys
+        .iter()
+        .find(|k| PublicKeyBlob::from_openssh(&k.body).is_ok_and(|parsed| parsed.blob == key.blob));
+    match matching {
+        None => deny(
+            format!(
+                "key {fingerprint} is not among IAM user {}'s SSH public keys ({} uploaded)",
+                user.name,
+                keys.len()
+            ),
+            audit,
+        ),
+        Some(k) if !k.active => {
+            audit.push(("iam_key_id", Value::from(k.id.clone())));
+            deny(
+                format!(
+                    "key {fingerprint} ({}) of IAM user {} is Inactive",
+                    k.id, user.name
+                ),
+                audit,
+            )
+        }
+        Some(k) => {
+            audit.push(("iam_key_id", Value::from(k.id.clone())));
+            if let Some(g) = &user.groups {
+                audit.push(("iam_groups", Value::from(g.clone())));
+            }
+            if let Freshness::Stale { .. } = answer.freshness {
+                tracing::warn!(login, user = %user.name, "login allowed from a stale IAM answer");
+            }
+            Answer::Decided(Lookup::Authorized(Authorized {
+                user: user.name.clone(),
+                source: "iam".to_string(),
+                options: KeyOptions::default(),
+                groups: user.groups.clone().unwrap_or_default(),
+                audit,
+            }))
         }
     }
 }
@@ -353,11 +558,14 @@ mod tests {
             format!("{KEY}\nexpiry-time=\"20200101\" {KEY}\n"),
         )
         .unwrap();
-        let sources = KeySources::new(&[AuthSource::File {
-            dir: Some(dir.path().into()),
-            file: None,
-            logins: vec![],
-        }])
+        let sources = KeySources::new(
+            &[AuthSource::File {
+                dir: Some(dir.path().into()),
+                file: None,
+                logins: vec![],
+            }],
+            false,
+        )
         .unwrap();
         let key = PublicKeyBlob::from_openssh(KEY).unwrap();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
@@ -367,10 +575,9 @@ mod tests {
         ));
         match sources.authorize("bob", &key, ip).await {
             Lookup::Denied {
-                reason,
-                known_login,
+                reason, principal, ..
             } => {
-                assert!(!known_login);
+                assert_eq!(principal, None);
                 assert!(reason.contains("no key source knows"), "{reason}");
             }
             other => panic!("{other:?}"),
@@ -382,10 +589,9 @@ mod tests {
         .unwrap();
         match sources.authorize("carol", &key, ip).await {
             Lookup::Denied {
-                reason,
-                known_login,
+                reason, principal, ..
             } => {
-                assert!(known_login);
+                assert_eq!(principal.as_deref(), Some("carol"));
                 assert!(reason.contains("expired"), "{reason}");
             }
             other => panic!("{other:?}"),

@@ -8,14 +8,19 @@
 //! monitor records everything ([`audit`]).
 #![deny(unsafe_code)]
 
+pub mod akc;
 pub mod audit;
 pub mod authkeys;
 pub mod cli;
 pub mod config;
+pub mod health;
+pub mod hostkeys;
+pub mod iam;
 pub mod ipc;
 pub mod keysource;
 pub mod logging;
 pub mod monitor;
 pub mod policy;
+pub mod proxy_protocol;
 pub mod sandbox;
 pub mod worker;

@@ -63,6 +63,9 @@ pub struct Shared {
     pub host_keys: Vec<Secret>,
     pub log_filter: String,
     pub log_json: bool,
+    pub metrics: crate::health::Metrics,
+    /// PROXY protocol headers being awaited (at most `max_startups`).
+    proxy_headers: Arc<tokio::sync::Semaphore>,
     exe: CString,
     root_dir: String,
     admission: Mutex<Admission>,
@@ -136,6 +139,7 @@ impl Shared {
             .display()
             .to_string();
         let first_uid = config.sandbox.uid_base;
+        let max_startups = config.limits.max_startups;
         Shared {
             config,
             policy,
@@ -144,6 +148,8 @@ impl Shared {
             host_keys,
             log_filter,
             log_json,
+            metrics: crate::health::Metrics::default(),
+            proxy_headers: Arc::new(tokio::sync::Semaphore::new(max_startups)),
             exe: CString::from(c"/proc/self/exe"),
             root_dir,
             admission: Mutex::new(Admission {
@@ -187,6 +193,21 @@ impl Shared {
             uid,
             unauthenticated: true,
         })
+    }
+
+    /// (connections open now, limits.max_sessions).
+    pub fn sessions(&self) -> (usize, usize) {
+        let open = self
+            .admission
+            .lock()
+            .map(|a| a.sessions)
+            .unwrap_or(usize::MAX);
+        (open, self.config.limits.max_sessions)
+    }
+
+    /// Whether the directory workers mount their root on is there.
+    pub fn root_dir_ready(&self) -> bool {
+        std::path::Path::new(&self.root_dir).is_dir()
     }
 
     /// Creates the empty directory workers mount their root on.
@@ -247,7 +268,8 @@ async fn accept_loop(
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = reached(&mut phase, Phase::Draining) => {
-                tracing::info!(addr = ?listener.local_addr().ok(), "stopped accepting connections");
+                let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                tracing::info!(%addr, "stopped accepting connections");
                 return;
             }
         };
@@ -265,27 +287,68 @@ async fn accept_loop(
             }
         };
         let peer = canonical(peer);
-        match shared.admit(peer.ip()) {
-            Ok(ticket) => {
-                let local = socket.local_addr().map(canonical).ok();
-                let sid = new_sid();
-                let span = tracing::info_span!("conn", %sid, %peer);
-                let task = session(
-                    shared.clone(),
-                    sid,
-                    socket,
-                    peer,
-                    local,
-                    ticket,
-                    phase.clone(),
-                    done.clone(),
-                );
-                tokio::spawn(task.instrument(span));
-            }
-            Err(why) => {
-                tracing::warn!(%peer, reason = why, "connection dropped by admission control");
-                drop(socket);
-            }
+        crate::health::bump(&shared.metrics.connections);
+        if shared.config.proxy_protocol {
+            // The header is read in its own task, so a slow sender cannot stall
+            // accepting; at most max_startups headers are awaited at once.
+            let Ok(permit) = shared.proxy_headers.clone().try_acquire_owned() else {
+                crate::health::bump(&shared.metrics.dropped);
+                tracing::warn!(%peer, "connection dropped: too many PROXY headers pending");
+                continue;
+            };
+            let (shared, phase, done) = (shared.clone(), phase.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut socket = socket;
+                let client = crate::proxy_protocol::read_header(&mut socket, peer).await;
+                drop(permit);
+                match client {
+                    Ok(client) => start_session(&shared, socket, canonical(client), &phase, &done),
+                    Err(e) => {
+                        crate::health::bump(&shared.metrics.dropped);
+                        tracing::warn!(%peer, error = %e, "connection dropped: bad PROXY protocol header");
+                    }
+                }
+            });
+        } else {
+            start_session(&shared, socket, peer, &phase, &done);
+        }
+    }
+}
+
+/// Admission, then a session task for an accepted connection from `peer`
+/// (the client's address, from the PROXY header when there is one).
+fn start_session(
+    shared: &Arc<Shared>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    phase: &watch::Receiver<Phase>,
+    done: &mpsc::Sender<()>,
+) {
+    if *phase.borrow() != Phase::Running {
+        // Accepted before a SIGTERM, admitted after it (a PROXY header was late).
+        return;
+    }
+    match shared.admit(peer.ip()) {
+        Ok(ticket) => {
+            let local = socket.local_addr().map(canonical).ok();
+            let sid = new_sid();
+            let span = tracing::info_span!("conn", %sid, %peer);
+            let task = session(
+                shared.clone(),
+                sid,
+                socket,
+                peer,
+                local,
+                ticket,
+                phase.clone(),
+                done.clone(),
+            );
+            tokio::spawn(task.instrument(span));
+        }
+        Err(why) => {
+            crate::health::bump(&shared.metrics.dropped);
+            tracing::warn!(%peer, reason = why, "connection dropped by admission control");
+            drop(socket);
         }
     }
 }
@@ -319,6 +382,8 @@ struct Identity {
     user: String,
     key_fp: String,
     options: KeyOptions,
+    /// The principal's groups (IAM groups), for `group:` rules.
+    groups: Vec<String>,
 }
 
 /// Shared between a session's main task and its forward tasks.
@@ -330,7 +395,15 @@ struct SessionCtx {
     chan: ipc::Channel,
     identity: std::sync::OnceLock<Identity>,
     forwards: Mutex<HashMap<u64, OpenForward>>,
+    /// Authentication requests this worker has made (see [`MAX_AUTH_REQUESTS`]).
+    auth_requests: std::sync::atomic::AtomicU32,
 }
+
+/// Authentication requests the monitor answers per connection. The worker
+/// enforces the client-facing limit (6 attempts), but it is the untrusted
+/// side: a compromised worker must not be able to make the key sources (and
+/// IAM's account-wide rate limit) work for it without end.
+const MAX_AUTH_REQUESTS: u32 = 12;
 
 struct OpenForward {
     target: String,
@@ -342,7 +415,7 @@ impl SessionCtx {
     fn event(&self, name: &'static str) -> Event {
         let (trail, login, user, fp) = match self.identity.get() {
             Some(id) => (
-                trail_name(Some(&id.login)),
+                trail_name(Some(&id.user)),
                 Some(id.login.clone()),
                 Some(id.user.clone()),
                 Some(id.key_fp.clone()),
@@ -537,6 +610,7 @@ async fn start_worker(
         kill(spawned.pid);
         return None;
     }
+    shared.metrics.spawned(t0.elapsed());
     tracing::debug!(
         pid = spawned.pid,
         spawn_us = t0.elapsed().as_micros() as u64,
@@ -550,6 +624,7 @@ async fn start_worker(
         chan,
         identity: std::sync::OnceLock::new(),
         forwards: Mutex::new(HashMap::new()),
+        auth_requests: std::sync::atomic::AtomicU32::new(0),
     };
     Some((ctx, spawned))
 }
@@ -577,6 +652,26 @@ async fn handle(ctx: &Arc<SessionCtx>, msg: ToMonitor, pid: i32, ticket: &mut Ti
     match msg {
         ToMonitor::Ready => tracing::debug!("worker sandboxed and ready"),
         ToMonitor::Auth { id, login, key } => {
+            let n = ctx
+                .auth_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n >= MAX_AUTH_REQUESTS {
+                tracing::warn!(
+                    limit = MAX_AUTH_REQUESTS,
+                    "worker exceeded the authentication requests a connection may make; killing it"
+                );
+                let ev = ctx
+                    .event("refused")
+                    .with("what", "auth")
+                    .with("login", login)
+                    .with(
+                        "reason",
+                        format!("more than {MAX_AUTH_REQUESTS} authentication requests on one connection; worker killed"),
+                    );
+                let _ = ctx.shared.audit.write(ev, false).await;
+                kill(pid);
+                return;
+            }
             let verdict = authenticate(ctx, &login, &key, pid).await;
             if matches!(verdict, AuthVerdict::Accept) {
                 ticket.authenticated();
@@ -610,6 +705,11 @@ async fn handle(ctx: &Arc<SessionCtx>, msg: ToMonitor, pid: i32, ticket: &mut Ti
         } => {
             let open = ctx.forwards.lock().ok().and_then(|mut f| f.remove(&id));
             if let Some(fwd) = open {
+                let m = &ctx.shared.metrics;
+                m.bytes_in
+                    .fetch_add(bytes_in, std::sync::atomic::Ordering::Relaxed);
+                m.bytes_out
+                    .fetch_add(bytes_out, std::sync::atomic::Ordering::Relaxed);
                 let ev = ctx
                     .event("port.end")
                     .with("target", fwd.target)
@@ -661,25 +761,36 @@ async fn authenticate(ctx: &SessionCtx, login: &str, key_line: &str, pid: i32) -
         Err(why) => (
             Lookup::Denied {
                 reason: format!("login name is not valid: {why}"),
-                known_login: false,
+                principal: None,
+                audit: Vec::new(),
+                source: None,
             },
             trail_name(None),
         ),
         Ok(()) => {
             let lookup = shared.sources.authorize(login, &key, ctx.peer.ip()).await;
+            // One trail per principal: an IAM user's logins in any spelling
+            // (`alice.at.example.com`, `alice@example.com`) land in one file.
             let trail = match &lookup {
-                Lookup::Denied {
-                    known_login: false, ..
-                } => trail_name(None),
-                _ => trail_name(Some(login)),
+                Lookup::Denied { principal, .. } => trail_name(principal.as_deref()),
+                Lookup::Authorized(who) => trail_name(Some(&who.user)),
             };
             (lookup, trail)
         }
     };
     match lookup {
-        Lookup::Denied { reason, .. } => {
+        Lookup::Denied {
+            reason,
+            audit,
+            source,
+            ..
+        } => {
+            shared.metrics.auth(source.unwrap_or("none"), "refused");
             tracing::info!(login, key_fp = %fp, reason = %reason, "authentication refused");
-            let ev = base(&trail).with("success", false).with("reason", reason);
+            let mut ev = base(&trail).with("success", false).with("reason", reason);
+            for (k, v) in audit {
+                ev = ev.with(k, v);
+            }
             match shared.audit.write(ev, false).await {
                 Ok(()) => AuthVerdict::Reject,
                 Err(e) => {
@@ -691,7 +802,8 @@ async fn authenticate(ctx: &SessionCtx, login: &str, key_line: &str, pid: i32) -
             }
         }
         Lookup::Authorized(who) => {
-            let ev = base(&trail)
+            shared.metrics.auth(&who.source, "accepted");
+            let mut ev = base(&trail)
                 .with("success", true)
                 .with("user", who.user.clone())
                 .with("source", who.source.clone())
@@ -712,6 +824,9 @@ async fn authenticate(ctx: &SessionCtx, login: &str, key_line: &str, pid: i32) -
                             .collect::<Vec<_>>()
                     }),
                 );
+            for (k, v) in &who.audit {
+                ev = ev.with(k, v.clone());
+            }
             if let Err(e) = shared.audit.write(ev, true).await {
                 tracing::error!(error = %e, "audit trail unwritable; refusing");
                 return AuthVerdict::Disconnect {
@@ -723,6 +838,7 @@ async fn authenticate(ctx: &SessionCtx, login: &str, key_line: &str, pid: i32) -
                 user: who.user.clone(),
                 key_fp: fp.clone(),
                 options: who.options,
+                groups: who.groups,
             });
             let observed = sandbox::observe(pid, shared.config.sandbox.enabled);
             let sandbox_json = serde_json::to_value(&observed).unwrap_or_default();
@@ -784,6 +900,7 @@ async fn forward(ctx: Arc<SessionCtx>, id: u64, host: String, port: u32, origina
         return;
     }
     let Some(addr) = addr else {
+        shared.metrics.forward("denied");
         tracing::info!(%target, %reason, "forward denied");
         reply(&ctx, id, Err(ForwardRefusal::Prohibited(reason)), None).await;
         return;
@@ -795,6 +912,7 @@ async fn forward(ctx: Arc<SessionCtx>, id: u64, host: String, port: u32, origina
     .await;
     match connect {
         Ok(Ok(stream)) => {
+            shared.metrics.forward("allowed");
             tracing::info!(%target, %addr, "forward opened");
             if let Ok(mut f) = ctx.forwards.lock() {
                 f.insert(id, OpenForward { target, addr });
@@ -816,6 +934,7 @@ async fn forward(ctx: Arc<SessionCtx>, id: u64, host: String, port: u32, origina
                 Ok(Err(e)) => format!("connecting to {addr} failed: {e}"),
                 _ => format!("connecting to {addr} timed out"),
             };
+            shared.metrics.forward("failed");
             tracing::info!(%target, %why, "forward failed");
             let ev = ctx
                 .event("port.end")
@@ -897,7 +1016,8 @@ async fn decide(shared: &Shared, identity: &Identity, host: &str, port: u32) -> 
     };
     let subject = Subject {
         login: &identity.login,
-        groups: &[],
+        user: &identity.user,
+        groups: &identity.groups,
     };
     shared.policy.decide(&subject, host, port, &resolved)
 }

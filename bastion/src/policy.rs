@@ -280,7 +280,12 @@ impl Rule {
 
 /// Who is asking.
 pub struct Subject<'a> {
+    /// The login name the client gave.
     pub login: &'a str,
+    /// The principal it stands for (the IAM user name as IAM spells it; the
+    /// login itself for file and command sources).
+    pub user: &'a str,
+    /// The principal's groups (IAM group names, compared ignoring case as IAM does).
     pub groups: &'a [String],
 }
 
@@ -438,8 +443,8 @@ impl Policy {
     fn applies(rule: &Rule, subject: &Subject) -> bool {
         rule.principals.iter().any(|p| match p {
             Principal::Any => true,
-            Principal::Login(l) => l == subject.login,
-            Principal::Group(g) => subject.groups.iter().any(|x| x == g),
+            Principal::Login(l) => l == subject.login || l == subject.user,
+            Principal::Group(g) => subject.groups.iter().any(|x| x.eq_ignore_ascii_case(g)),
         })
     }
 
@@ -564,6 +569,7 @@ mod tests {
         p.decide(
             &Subject {
                 login,
+                user: login,
                 groups: &groups,
             },
             host,

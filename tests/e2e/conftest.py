@@ -13,6 +13,7 @@ import os
 
 import pytest
 
+from aws import FaultProxy, Iam, MotoServer
 from fixtures import Bastion, Netns, SshConfigs, run_client as _run_client
 from harness import Env
 
@@ -21,6 +22,12 @@ from harness import Env
 # and anything else stray must not reach the processes the tests start.
 # BASTION_LOG (the log filter) is kept for debugging runs.
 for _name in [n for n in os.environ if n.startswith("BASTION_") and n != "BASTION_LOG"]:
+    del os.environ[_name]
+
+# Likewise AWS_* (a host's AWS_PROFILE, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL…) and MOTO_*
+# (MOTO_ACCOUNT_ID would pin every moto request to one account): processes that talk to AWS
+# get exactly aws.aws_env(url), merged over an environment without them.
+for _name in [n for n in os.environ if n.startswith(("AWS_", "MOTO_"))]:
     del os.environ[_name]
 
 
@@ -91,3 +98,28 @@ def netns(env):
 def run_client():
     """run_client(cmd, timeout=60, netns=None) -> (rc, stdout bytes, stderr text)."""
     return _run_client
+
+
+# --------------------------------------------------------------------------
+# AWS (moto): see tests/AWS_HARNESS.md
+
+
+@pytest.fixture
+def moto(env):
+    """A real moto_server on 127.0.0.1 for this test (`.url`, `.reset()`, `.log_path`)."""
+    return MotoServer(env.p, env.tmp / "moto")
+
+
+@pytest.fixture
+def iam_proxy(env, moto):
+    """A FaultProxy in front of `moto` (`.url`, `.set_mode(...)`, `.count(action)`, ...)."""
+    proxy = FaultProxy(moto.url, log_path=env.tmp / "moto" / "proxy.log")
+    env.p.cleanups.append(proxy.close)
+    return proxy
+
+
+@pytest.fixture
+def iam(moto):
+    """An `aws.Iam` in moto's default account 123456789012, talking to moto directly
+    (not through `iam_proxy`, so setup calls are neither counted nor faulted)."""
+    return Iam(moto.url)

@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -102,8 +103,13 @@ class SshConfigs:
         """A config whose IdentityFile is key `name`; used with -F by every command (and so by -J)."""
         cfg = self.dir / f"ssh_config_{name}"
         if not cfg.exists():
-            cfg.write_text("Host *\n" + "".join(f"  {o}\n" for o in CLIENT_OPTIONS)
+            # Written aside and renamed into place: clients started from several threads
+            # at once must never read a half-written config (an empty one means
+            # StrictHostKeyChecking=ask, i.e. "Host key verification failed").
+            tmp = self.dir / f".ssh_config_{name}.{os.getpid()}.{threading.get_ident()}"
+            tmp.write_text("Host *\n" + "".join(f"  {o}\n" for o in CLIENT_OPTIONS)
                            + f"  IdentityFile {self.keys.path(name)}\n")
+            os.replace(tmp, cfg)
         return cfg
 
 

@@ -39,7 +39,8 @@ CASES = [
     ("per_source above max_startups", "[limits]\nmax_startups = 2\nper_source = 5\n", "limits.per_source", "max_startups"),
     ("bad CIDR", "[[allow]]\nprincipals = [\"*\"]\nto = [\"10.0.0.0/33:22\"]\n", "allow[0].to[0]", "10.0.0.0/33"),
     ("unknown auth type", "[[auth]]\ntype = \"ldap\"\n", "auth[1].type", "ldap"),
-    ("iam not in this build", "[[auth]]\ntype = \"iam\"\n", "auth[1].type", "iam"),
+    ("eic not in this build", "[[auth]]\ntype = \"eic\"\n", "auth[1].type", "eic"),
+    ("iam role ARN", "[[auth]]\ntype = \"iam\"\nassume_role_arn = \"arn:aws:iam::1:role/x\"\n", "auth[1].assume_role_arn", "not an IAM role ARN"),
 ]
 
 
