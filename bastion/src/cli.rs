@@ -41,6 +41,13 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Ask this bastion's own `/healthz` (at `health_listen`) and exit 0 when
+    /// it answers 200, 1 otherwise: a container HEALTHCHECK without curl.
+    Healthcheck {
+        /// The TOML configuration file (environment: BASTION_CONFIG), for `health_listen`.
+        #[arg(long, short, value_name = "FILE", env = "BASTION_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Print a login's IAM SSH keys, for OpenSSH's AuthorizedKeysCommand on
     /// ordinary hosts (a drop-in for widdix/aws-ec2-ssh).
     ///
@@ -143,6 +150,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { config } => check_config(&config),
+        Command::Healthcheck { config } => healthcheck(config.as_deref()),
         Command::AuthorizedKeys(a) => crate::akc::run(crate::akc::Request {
             login: a.login,
             widdix_config: a.widdix_config,
@@ -366,6 +374,36 @@ fn check_config(path: &Path) -> ExitCode {
     }
 }
 
+fn healthcheck(config: Option<&Path>) -> ExitCode {
+    // Only `health_listen` matters here: the rest was checked when serve started.
+    let listen = match config::load(config, std::env::vars(), Vec::new()) {
+        Ok(c) => c.health_listen,
+        Err(errors) => {
+            for e in &errors {
+                print_error(&e.to_string(), e.hint.as_deref());
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let Some(addr) = listen else {
+        print_error(
+            "no health_listen to ask",
+            Some("set health_listen (BASTION_HEALTH_LISTEN=0.0.0.0:8080) for serve and healthcheck alike"),
+        );
+        return ExitCode::from(1);
+    };
+    match crate::health::probe(addr, std::time::Duration::from_secs(3)) {
+        Ok(answer) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            print_error(&format!("unhealthy: {why}"), None);
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn audit_verify(path: &Path) -> ExitCode {
     match crate::audit::verify(path) {
         Ok(summary) => {
@@ -415,7 +453,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         if let Err(why) = sandbox::preflight() {
             print_error(
                 &format!("cannot sandbox workers: {why}"),
-                Some("run the bastion as root; or, knowing that every connection then runs unconfined, set sandbox.enabled = false (BASTION_SANDBOX__ENABLED=false or --no-sandbox)"),
+                Some(&sandbox_hint()),
             );
             return ExitCode::from(1);
         }
@@ -465,6 +503,26 @@ fn serve(args: ServeArgs) -> ExitCode {
             );
             return ExitCode::from(1);
         }
+        // Capabilities are not enough: a container runtime's seccomp or
+        // AppArmor profile may still refuse a step (pivot_root, mount). One
+        // real worker goes through every step before anything is accepted.
+        let sb = &shared.config.sandbox;
+        let root = sandbox::root_mount_point(&sb.runtime_dir);
+        match trial_worker(&root, sb.uid_base, sb.memory_limit, false) {
+            Ok((0, None)) => tracing::debug!("trial worker entered its sandbox"),
+            outcome => {
+                let why = match outcome {
+                    Ok((code, None)) => format!("a trial worker could not enter its sandbox (exit status {code}; its error is above)"),
+                    Ok((_, Some(sig))) => format!("a trial worker was killed by signal {sig} while entering its sandbox"),
+                    Err(e) => e,
+                };
+                print_error(
+                    &format!("cannot sandbox workers: {why}"),
+                    Some(&sandbox_hint()),
+                );
+                return ExitCode::from(1);
+            }
+        }
     }
     runtime.block_on(async move {
         let listeners = match monitor::bind(&shared.config.listen).await {
@@ -490,6 +548,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             tokio::spawn(crate::health::serve(l, shared.clone(), phase_rx.clone()));
         }
         let grace = shared.config.limits.shutdown_grace;
+        let delay = shared.config.limits.drain_delay;
         let mut server = tokio::spawn(monitor::run(shared.clone(), listeners, phase_rx));
         let signals = async {
             use tokio::signal::unix::{signal, SignalKind};
@@ -498,6 +557,18 @@ fn serve(args: ServeArgs) -> ExitCode {
             };
             tokio::select! {
                 _ = term.recv() => {
+                    if !delay.is_zero() {
+                        tracing::info!(delay = %humantime::format_duration(delay), "SIGTERM: /healthz now answers 503; still accepting connections until the load balancer has taken this instance out");
+                        let _ = phase_tx.send(Phase::Leaving);
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = int.recv() => {
+                                tracing::info!("SIGINT: closing every session now");
+                                let _ = phase_tx.send(Phase::Closing);
+                                return std::future::pending::<()>().await;
+                            }
+                        }
+                    }
                     tracing::info!(grace = %humantime::format_duration(grace), "SIGTERM: draining; live sessions may run until the grace period ends");
                     let _ = phase_tx.send(Phase::Draining);
                     tokio::select! {
@@ -575,37 +646,7 @@ fn selftest(forbidden: bool) -> ExitCode {
         sandbox::preflight()?;
         let root = sandbox::root_mount_point(Path::new(config::DEFAULT_RUNTIME_DIR));
         std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
-        let (ours, theirs) = ipc::pair().map_err(|e| e.to_string())?;
-        let (client, _keep) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
-        let client: std::os::fd::OwnedFd = client.into();
-        let argv = [
-            c"bastion-worker".to_owned(),
-            c"worker".to_owned(),
-            c"selftest".to_owned(),
-        ];
-        let spawned = sandbox::spawn_worker(c"/proc/self/exe", &argv, &client, &theirs, true)
-            .map_err(|e| e.to_string())?;
-        drop(theirs);
-        let init = WorkerInit {
-            sid: "selftest".into(),
-            peer: "-".into(),
-            host_keys: Vec::new(),
-            sandbox: Some(ipc::SandboxPlan {
-                uid: 1_999_999_999,
-                memory_limit: 1 << 30,
-                root_dir: root.display().to_string(),
-            }),
-            log_json: false,
-            log_filter: "warn".into(),
-            selftest_forbidden: Some(forbidden),
-            refuse: None,
-        };
-        ipc::send_blocking(&ours, &ToWorker::Init(init)).map_err(|e| e.to_string())?;
-        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => Ok((code, None)),
-            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => Ok((0, Some(sig as i32))),
-            other => Err(format!("unexpected wait status {other:?}")),
-        }
+        trial_worker(&root, 1_999_999_999, 1 << 30, forbidden)
     };
     match run() {
         Ok((_, Some(sig))) => {
@@ -627,6 +668,64 @@ fn selftest(forbidden: bool) -> ExitCode {
             print_error(&format!("sandbox self-test could not run: {e}"), None);
             ExitCode::from(1)
         }
+    }
+}
+
+/// What to do when the sandbox cannot be built, worded for where we run.
+fn sandbox_hint() -> String {
+    let unconfined = "or, knowing that every connection then runs unconfined, set sandbox.enabled = false (BASTION_SANDBOX__ENABLED=false or --no-sandbox)";
+    if sandbox::in_container() {
+        format!(
+            "in a container, the bastion (not its workers, which keep nothing) needs: \
+             --cap-add SYS_ADMIN --security-opt seccomp=unconfined (Docker's default seccomp profile refuses pivot_root) \
+             and, where AppArmor is enabled, --security-opt apparmor=unconfined (docker-default refuses mount); \
+             see \"Privileges\" in the README; {unconfined}"
+        )
+    } else {
+        format!("run the bastion as root; {unconfined}")
+    }
+}
+
+/// One real worker through the real spawn path and sandbox, at `root`, making
+/// one system call (allowed or `forbidden`): its exit status, or the signal
+/// that killed it.
+fn trial_worker(
+    root: &Path,
+    uid: u32,
+    memory_limit: u64,
+    forbidden: bool,
+) -> Result<(i32, Option<i32>), String> {
+    let (ours, theirs) = ipc::pair().map_err(|e| e.to_string())?;
+    let (client, _keep) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    let client: std::os::fd::OwnedFd = client.into();
+    let argv = [
+        c"bastion-worker".to_owned(),
+        c"worker".to_owned(),
+        c"selftest".to_owned(),
+    ];
+    let spawned = sandbox::spawn_worker(c"/proc/self/exe", &argv, &client, &theirs, true)
+        .map_err(|e| e.to_string())?;
+    drop(theirs);
+    let init = WorkerInit {
+        sid: "selftest".into(),
+        peer: "-".into(),
+        host_keys: Vec::new(),
+        sandbox: Some(ipc::SandboxPlan {
+            uid,
+            memory_limit,
+            root_dir: root.display().to_string(),
+        }),
+        // Its errors go to our stderr, formatted as ours are.
+        log_json: !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        log_filter: "warn".into(),
+        selftest_forbidden: Some(forbidden),
+        refuse: None,
+    };
+    ipc::send_blocking(&ours, &ToWorker::Init(init)).map_err(|e| e.to_string())?;
+    match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None) {
+        Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => Ok((code, None)),
+        Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => Ok((0, Some(sig as i32))),
+        other => Err(format!("unexpected wait status {other:?}")),
     }
 }
 

@@ -68,6 +68,7 @@
 //! max_sessions    = 1000
 //! connect_timeout = "10s"
 //! shutdown_grace  = "30s"
+//! drain_delay     = "0s"
 //! ```
 //!
 //! Relative paths in the file are resolved against the file's directory; relative paths from
@@ -282,6 +283,9 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// `shutdown_grace`: how long live sessions may continue after SIGTERM (default 30s).
     pub shutdown_grace: Duration,
+    /// `drain_delay`: after SIGTERM, how long `/healthz` says 503 while new connections are
+    /// still accepted, so a load balancer takes the instance out first (default 0s).
+    pub drain_delay: Duration,
 }
 
 /// Where each key's value came from, so that problems found later (e.g. while parsing
@@ -489,6 +493,7 @@ impl Config {
                 ("max_sessions", count(DEFAULT_MAX_SESSIONS)),
                 ("connect_timeout", duration(DEFAULT_CONNECT_TIMEOUT)),
                 ("shutdown_grace", duration(DEFAULT_SHUTDOWN_GRACE)),
+                ("drain_delay", duration(Duration::ZERO)),
             ]),
         );
         t
@@ -532,6 +537,7 @@ const LIMITS_KEYS: &[(&str, Kind)] = &[
     ("max_sessions", Kind::Int),
     ("connect_timeout", Kind::Text),
     ("shutdown_grace", Kind::Text),
+    ("drain_delay", Kind::Text),
 ];
 const ROOT_KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::List),
@@ -1747,6 +1753,9 @@ impl Reader<'_> {
             DEFAULT_SHUTDOWN_GRACE,
             |r, k, v| r.duration(k, v, false),
         );
+        let drain_delay = self.field(&mut t, l, "drain_delay", Duration::ZERO, |r, k, v| {
+            r.duration(k, v, false)
+        });
         self.leftovers(t, l, &names(LIMITS_KEYS));
         let (max_startups, per_source) = (max_startups?, per_source?);
         if per_source > max_startups {
@@ -1765,6 +1774,7 @@ impl Reader<'_> {
             max_sessions: max_sessions?,
             connect_timeout: connect_timeout?,
             shutdown_grace: shutdown_grace?,
+            drain_delay: drain_delay?,
         })
     }
 }
@@ -1982,6 +1992,7 @@ mod tests {
                 max_sessions: 1000,
                 connect_timeout: Duration::from_secs(10),
                 shutdown_grace: Duration::from_secs(30),
+                drain_delay: Duration::ZERO,
             }
         );
         assert_eq!(cfg.origins.of("host_keys"), f.path());
@@ -2081,6 +2092,7 @@ per_source = 4
 max_sessions = 200
 connect_timeout = "3s"
 shutdown_grace = "0s"
+drain_delay = "15s"
 "#,
             key = f.key,
             users = f.users,
@@ -2147,6 +2159,7 @@ shutdown_grace = "0s"
                 max_sessions: 200,
                 connect_timeout: Duration::from_secs(3),
                 shutdown_grace: Duration::ZERO,
+                drain_delay: Duration::from_secs(15),
             }
         );
         assert_eq!(cfg.origins.of("allow[1].to[2]"), f.path());

@@ -17,6 +17,40 @@ use tokio::sync::watch;
 
 use crate::monitor::{Phase, Shared};
 
+/// `bastion healthcheck`: asks our own `/healthz` at `addr` (an unspecified
+/// address means this host's loopback) and returns the status line and body
+/// when it is `200`, or why not. Blocking, for a container's HEALTHCHECK.
+pub fn probe(addr: std::net::SocketAddr, timeout: Duration) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut answer = Vec::new();
+    s.take(4096)
+        .read_to_end(&mut answer)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.lines().next().unwrap_or("").trim().to_string();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
+    if status.split_whitespace().nth(1) == Some("200") {
+        Ok(format!("{status}: {body}"))
+    } else if status.is_empty() {
+        Err(format!("{addr}: no answer"))
+    } else {
+        Err(format!("{addr}: {status}: {body}"))
+    }
+}
+
 /// Adds one to a counter.
 pub fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
@@ -61,8 +95,14 @@ impl Metrics {
 
 /// Why the bastion cannot take new sessions right now, if it cannot.
 pub fn unhealthy(shared: &Shared, phase: Phase) -> Option<String> {
-    if phase != Phase::Running {
-        return Some("draining: shutting down, not accepting connections".into());
+    match phase {
+        Phase::Running => {}
+        Phase::Leaving => {
+            return Some("leaving: shutting down, still accepting connections until drain_delay ends".into())
+        }
+        Phase::Draining | Phase::Closing => {
+            return Some("draining: shutting down, not accepting connections".into())
+        }
     }
     if !shared.audit.healthy() {
         return Some("the audit trail cannot be written".into());

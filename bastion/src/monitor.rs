@@ -33,7 +33,10 @@ pub const AUDIT_DOWN: &str = "bastion: the audit trail cannot be written, so new
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Running,
-    /// SIGTERM: no new connections; live sessions continue.
+    /// SIGTERM with `limits.drain_delay`: `/healthz` says 503 so the load
+    /// balancer takes us out, while new connections are still accepted.
+    Leaving,
+    /// No new connections; live sessions continue.
     Draining,
     /// Grace over (or SIGINT): close every session now.
     Closing,
@@ -324,8 +327,8 @@ fn start_session(
     phase: &watch::Receiver<Phase>,
     done: &mpsc::Sender<()>,
 ) {
-    if *phase.borrow() != Phase::Running {
-        // Accepted before a SIGTERM, admitted after it (a PROXY header was late).
+    if matches!(*phase.borrow(), Phase::Draining | Phase::Closing) {
+        // Accepted before draining began, admitted after (a PROXY header was late).
         return;
     }
     match shared.admit(peer.ip()) {
@@ -358,8 +361,9 @@ fn start_session(
 async fn reached(phase: &mut watch::Receiver<Phase>, at: Phase) {
     let rank = |p: &Phase| match p {
         Phase::Running => 0,
-        Phase::Draining => 1,
-        Phase::Closing => 2,
+        Phase::Leaving => 1,
+        Phase::Draining => 2,
+        Phase::Closing => 3,
     };
     let target = rank(&at);
     if phase.wait_for(|p| rank(p) >= target).await.is_err() {

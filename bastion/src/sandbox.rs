@@ -551,6 +551,11 @@ pub fn preflight() -> Result<(), String> {
     Ok(())
 }
 
+/// Are we in a container (Docker, Podman)? Only used to word hints.
+pub fn in_container() -> bool {
+    Path::new("/.dockerenv").exists() || Path::new("/run/.containerenv").exists()
+}
+
 /// Names the calling thread (what `ps -L`/`top` show as comm).
 pub fn set_process_name(name: &str) {
     let mut bytes: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();

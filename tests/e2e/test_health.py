@@ -84,3 +84,37 @@ def test_healthz_and_metrics_never_call_aws(env, bastion, iam, iam_proxy, sshd_t
         time.sleep(0.1)
     assert (status, body) == (503, "draining: shutting down, not accepting connections\n")
     assert live.poll() is None, "the live session is not cut"
+
+
+def test_drain_delay_fails_health_first_and_keeps_accepting_until_it_ends(env, bastion, sshd_target, ssh_configs):
+    """Behind a load balancer that only learns from health checks, SIGTERM must not
+    refuse connections it still sends: 503 first, accept for drain_delay, then drain."""
+    hport = free_port()
+    target = sshd_target()
+    b = bastion({"health_listen": f"127.0.0.1:{hport}",
+                 "allow": [{"principals": ["alice"], "to": [f"127.0.0.1:{target.port}"]}],
+                 "limits": {"drain_delay": "4s", "shutdown_grace": "10s"}})
+    cfg = ssh_configs.for_key("alice")
+
+    def login():
+        return subprocess.run(["ssh", "-F", str(cfg), "-J", f"alice@127.0.0.1:{b.port}", "-p", str(target.port),
+                               "root@127.0.0.1", "echo in"], capture_output=True, timeout=30)
+
+    assert get(hport, "/healthz") == (200, "ok\n")
+    t0 = time.monotonic()
+    b.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and get(hport, "/healthz")[0] == 200:
+        time.sleep(0.05)
+    status, body = get(hport, "/healthz")
+    assert status == 503 and body.startswith("leaving:"), (status, body)
+    # Still in the delay: a new connection is served in full.
+    r = login()
+    assert time.monotonic() - t0 < 4, "the login did not happen inside drain_delay; lengthen it"
+    assert r.returncode == 0 and r.stdout.strip() == b"in", r.stderr
+    # After the delay the listener is closed (and, with no session left, the process exits).
+    while time.monotonic() - t0 < 4.5:
+        time.sleep(0.1)
+    r = login()
+    assert r.returncode == 255, r
+    assert b.wait(timeout=20) == 0
