@@ -193,7 +193,52 @@ struct Prepared {
     policy: Policy,
     sources: KeySources,
     host_keys: Vec<Secret>,
+    /// OpenSSH host certificates (public), each for one of `host_keys`.
+    host_certificates: Vec<String>,
     fingerprints: Vec<String>,
+}
+
+/// Checks an OpenSSH host certificate: a host certificate, validly signed,
+/// valid now, for one of `keys` (when `must_match`: every host key was read).
+/// Returns it re-encoded and a line describing it for the start-up log.
+fn host_certificate(
+    text: &str,
+    keys: &[russh::keys::ssh_key::public::KeyData],
+    must_match: bool,
+) -> Result<(String, String), String> {
+    use russh::keys::ssh_key::certificate::CertType;
+    let cert = russh::keys::Certificate::from_openssh(text.trim())
+        .map_err(|e| format!("not an OpenSSH certificate: {e}"))?;
+    if cert.cert_type() != CertType::Host {
+        return Err("a user certificate, not a host certificate (sign with ssh-keygen -h)".into());
+    }
+    cert.verify_signature()
+        .map_err(|e| format!("its CA signature does not verify: {e}"))?;
+    let now = std::time::SystemTime::now();
+    if cert.valid_after_time().is_some_and(|t| now < t) {
+        return Err("not valid yet".into());
+    }
+    if cert.valid_before_time().is_some_and(|t| now >= t) {
+        return Err("expired".into());
+    }
+    if must_match && !keys.iter().any(|k| k == cert.public_key()) {
+        return Err("certifies a key that is not one of host_keys".into());
+    }
+    let encoded = cert
+        .to_openssh()
+        .map_err(|e| format!("cannot re-encode: {e}"))?;
+    let until = match cert.valid_before_time() {
+        Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
+        None => "forever".into(),
+    };
+    let about = format!(
+        "certificate {:?} by CA {} for [{}], valid until {until}",
+        cert.key_id(),
+        cert.signature_key()
+            .fingerprint(russh::keys::HashAlg::Sha256),
+        cert.valid_principals().join(",")
+    );
+    Ok((encoded, about))
 }
 
 /// `fetch_remote`: fetch host keys kept in AWS (serve), or only check their references (check-config).
@@ -206,26 +251,31 @@ fn prepare(cfg: &Config, fetch_remote: bool) -> Result<Prepared, Vec<ConfigError
         hint: None,
     };
     let mut host_keys = Vec::new();
+    let mut public_keys = Vec::new();
     let mut fingerprints = Vec::new();
-    // Keys kept in SSM are fetched only to serve (check-config makes no AWS call).
-    let ssm_names: Vec<String> = cfg
+    // What is kept in AWS is fetched only to serve (check-config makes no AWS call).
+    let remote: Vec<config::HostKey> = cfg
         .host_keys
         .iter()
-        .filter_map(|k| match k {
-            config::HostKey::Ssm(n) if fetch_remote => Some(n.clone()),
-            _ => None,
-        })
+        .chain(&cfg.host_certificates)
+        .filter(|k| fetch_remote && k.is_remote())
+        .cloned()
         .collect();
-    let mut fetched = crate::hostkeys::fetch_ssm(&ssm_names).into_iter();
-    for (i, source) in cfg.host_keys.iter().enumerate() {
-        let text = match source {
-            config::HostKey::File(path) => std::fs::read_to_string(path)
+    let mut fetched = crate::hostkeys::fetch(&remote).into_iter();
+    let mut read = |source: &config::HostKey| match source {
+        config::HostKey::File(path) => Some(
+            std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display())),
-            config::HostKey::Ssm(_) if !fetch_remote => continue,
-            config::HostKey::Ssm(name) => fetched
+        ),
+        _ if !fetch_remote => None,
+        _ => Some(
+            fetched
                 .next()
-                .unwrap_or_else(|| Err(format!("ssm:{name}: not fetched"))),
-        };
+                .unwrap_or_else(|| Err(format!("{source}: not fetched"))),
+        ),
+    };
+    for (i, source) in cfg.host_keys.iter().enumerate() {
+        let Some(text) = read(source) else { continue };
         match text {
             Ok(text) => match russh::keys::decode_secret_key(&text, None) {
                 Ok(key) => {
@@ -234,6 +284,7 @@ fn prepare(cfg: &Config, fetch_remote: bool) -> Result<Prepared, Vec<ConfigError
                         key.public_key().fingerprint(russh::keys::HashAlg::Sha256),
                         key.algorithm().as_str()
                     ));
+                    public_keys.push(key.public_key().key_data().clone());
                     host_keys.push(Secret(text));
                 }
                 Err(e) => errors.push(err(
@@ -242,6 +293,22 @@ fn prepare(cfg: &Config, fetch_remote: bool) -> Result<Prepared, Vec<ConfigError
                 )),
             },
             Err(why) => errors.push(err(format!("host_keys[{i}]"), why)),
+        }
+    }
+    let mut host_certificates = Vec::new();
+    for (i, source) in cfg.host_certificates.iter().enumerate() {
+        let Some(text) = read(source) else { continue };
+        // Keys of remote host keys are unknown to check-config: match only what was read.
+        let all_keys_read = public_keys.len() == cfg.host_keys.len();
+        match text.and_then(|t| host_certificate(&t, &public_keys, all_keys_read)) {
+            Ok((cert, about)) => {
+                fingerprints.push(about);
+                host_certificates.push(cert);
+            }
+            Err(why) => errors.push(err(
+                format!("host_certificates[{i}]"),
+                format!("{source}: {why}"),
+            )),
         }
     }
     let mut rules = Vec::new();
@@ -278,6 +345,7 @@ fn prepare(cfg: &Config, fetch_remote: bool) -> Result<Prepared, Vec<ConfigError
             policy: Policy::new(rules, own_addresses(&cfg.listen)),
             sources,
             host_keys,
+            host_certificates,
             fingerprints,
         }),
         _ => Err(errors),
@@ -491,7 +559,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         prepared.policy,
         prepared.sources,
         audit,
-        prepared.host_keys,
+        ipc::HostIdentity {
+            keys: prepared.host_keys,
+            certificates: prepared.host_certificates,
+        },
         log_filter,
         log_json,
     ));
@@ -709,7 +780,7 @@ fn trial_worker(
     let init = WorkerInit {
         sid: "selftest".into(),
         peer: "-".into(),
-        host_keys: Vec::new(),
+        host: ipc::HostIdentity::default(),
         sandbox: Some(ipc::SandboxPlan {
             uid,
             memory_limit,

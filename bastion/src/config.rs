@@ -135,6 +135,9 @@ pub struct Config {
     /// Host private keys (`host_keys`, required): files (each was a readable file when loaded)
     /// or SSM Parameter Store SecureStrings (`ssm:/bastion/host_ed25519_key`), fetched at start.
     pub host_keys: Vec<HostKey>,
+    /// OpenSSH host certificates for those keys (`host_certificates`, default none), so
+    /// users can trust a CA (`@cert-authority`) instead of one key.
+    pub host_certificates: Vec<HostKey>,
     /// Where `/healthz` and `/metrics` are served over HTTP (`health_listen`, default: nowhere).
     /// They never call AWS.
     pub health_listen: Option<SocketAddr>,
@@ -155,14 +158,23 @@ pub struct Config {
     pub origins: Origins,
 }
 
-/// Where one host private key comes from.
+/// Where one host private key (or host certificate) comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostKey {
-    /// An OpenSSH private key file.
+    /// A file: an OpenSSH private key (or certificate).
     File(PathBuf),
     /// `ssm:NAME`: an SSM Parameter Store parameter (SecureString), read with decryption,
     /// so that every instance behind one load balancer presents the same key.
     Ssm(String),
+    /// `secretsmanager:NAME-OR-ARN`: a Secrets Manager secret's `SecretString`.
+    SecretsManager(String),
+}
+
+impl HostKey {
+    /// Kept in AWS (fetched by `serve`, only checked by `check-config`)?
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, HostKey::File(_))
+    }
 }
 
 impl fmt::Display for HostKey {
@@ -170,6 +182,7 @@ impl fmt::Display for HostKey {
         match self {
             HostKey::File(p) => write!(f, "{}", p.display()),
             HostKey::Ssm(name) => write!(f, "ssm:{name}"),
+            HostKey::SecretsManager(id) => write!(f, "secretsmanager:{id}"),
         }
     }
 }
@@ -542,6 +555,7 @@ const LIMITS_KEYS: &[(&str, Kind)] = &[
 const ROOT_KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::List),
     ("host_keys", Kind::List),
+    ("host_certificates", Kind::List),
     ("health_listen", Kind::Text),
     ("proxy_protocol", Kind::Bool),
     ("auth", Kind::Tables),
@@ -829,6 +843,7 @@ fn build(
         Some(body) if errors.is_empty() => Ok(Config {
             listen: body.listen,
             host_keys: body.host_keys,
+            host_certificates: body.host_certificates,
             health_listen: body.health_listen,
             proxy_protocol: body.proxy_protocol,
             auth: body.auth,
@@ -870,6 +885,7 @@ fn parse_file(text: &str) -> Result<Table, String> {
 struct Body {
     listen: Vec<SocketAddr>,
     host_keys: Vec<HostKey>,
+    host_certificates: Vec<HostKey>,
     health_listen: Option<SocketAddr>,
     proxy_protocol: bool,
     auth: Vec<AuthSource>,
@@ -1225,6 +1241,15 @@ impl Reader<'_> {
             }
         };
         let proxy_protocol = self.field(&mut root, "", "proxy_protocol", false, Self::boolean);
+        let host_certificates = match root.remove("host_certificates") {
+            None => Some(Vec::new()),
+            Some(v) => self.strings("host_certificates", v).and_then(|list| {
+                all(list
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| self.key_ref(&format!("host_certificates[{i}]"), s)))
+            }),
+        };
         let auth = self.auth(&mut root);
         let allow = self.allow(&mut root);
         let audit = self.audit(&mut root);
@@ -1234,6 +1259,7 @@ impl Reader<'_> {
         Some(Body {
             listen: listen?,
             host_keys: host_keys?,
+            host_certificates: host_certificates?,
             health_listen: health_listen?,
             proxy_protocol: proxy_protocol?,
             auth: auth?,
@@ -1294,40 +1320,54 @@ impl Reader<'_> {
             );
             return None;
         }
-        all(list.into_iter().enumerate().map(|(i, s)| {
-            let key = format!("host_keys[{i}]");
-            if let Some(name) = s.strip_prefix("ssm:") {
-                // Parameter names: letters, digits and _.-/ (SSM's rule), up to 2048.
+        all(list
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| self.key_ref(&format!("host_keys[{i}]"), s)))
+    }
+
+    /// One `host_keys` or `host_certificates` entry: a file, `ssm:NAME` or `secretsmanager:ID`.
+    fn key_ref(&mut self, key: &str, s: String) -> Option<HostKey> {
+        // prefix, punctuation allowed besides ASCII letters and digits (the service's
+        // naming rule; Secrets Manager also takes an ARN), what it is, an example.
+        type Make = fn(String) -> HostKey;
+        let remote: [(&str, &str, &str, &str, Make); 2] = [
+            (
+                "ssm:",
+                "_.-/",
+                "SSM parameter",
+                "ssm:/bastion/host_ed25519_key",
+                HostKey::Ssm,
+            ),
+            (
+                "secretsmanager:",
+                "/_+=.@-:",
+                "Secrets Manager secret",
+                "secretsmanager:bastion/host_ed25519_key (a name or an ARN)",
+                HostKey::SecretsManager,
+            ),
+        ];
+        for (prefix, punctuation, what, example, make) in remote {
+            if let Some(name) = s.strip_prefix(prefix) {
                 let valid = !name.is_empty()
                     && name.len() <= 2048
                     && name
                         .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
-                if !valid {
-                    self.push(
-                        &key,
-                        format!("{s:?} is not a valid SSM parameter reference"),
-                        Some(
-                            "write ssm:/path/to/parameter, e.g. ssm:/bastion/host_ed25519_key"
-                                .into(),
-                        ),
-                    );
-                    return None;
+                        .all(|c| c.is_ascii_alphanumeric() || punctuation.contains(c));
+                if valid {
+                    return Some(make(name.to_string()));
                 }
-                return Some(HostKey::Ssm(name.to_string()));
-            }
-            if s.starts_with("secretsmanager:") {
                 self.push(
-                    &key,
-                    "secretsmanager: host keys are not supported by this build yet",
-                    Some("store the key as an SSM SecureString and write ssm:/name".into()),
+                    key,
+                    format!("{s:?} is not a valid {what} reference"),
+                    Some(format!("write {prefix}NAME, e.g. {example}")),
                 );
                 return None;
             }
-            let path = self.path(&key, Value::String(s))?;
-            self.check_readable_file(&key, &path)
-                .then_some(HostKey::File(path))
-        }))
+        }
+        let path = self.path(key, Value::String(s))?;
+        self.check_readable_file(key, &path)
+            .then_some(HostKey::File(path))
     }
 
     fn auth(&mut self, root: &mut Table) -> Option<Vec<AuthSource>> {
@@ -2865,15 +2905,24 @@ drain_delay = "15s"
             cfg.host_keys[0].to_string(),
             "ssm:/bastion/host_ed25519_key"
         );
-        let text = "host_keys = [\"ssm:\", \"ssm:/a b\", \"secretsmanager:bastion\"]\n[[auth]]\ntype = \"command\"\ncommand = \"/bin/k\"\n";
+        let text = "host_keys = [\"ssm:\", \"ssm:/a b\", \"secretsmanager:\", \"secretsmanager:a b\", \"secretsmanager:arn:aws:secretsmanager:eu-west-1:123456789012:secret:bastion/key-AbCdEf\"]\nhost_certificates = [\"ssm:/x y\"]\n[[auth]]\ntype = \"command\"\ncommand = \"/bin/k\"\n";
         let e = errs(f.load(text, &[], vec![]));
         let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
-            vec!["host_keys[0]", "host_keys[1]", "host_keys[2]"],
+            vec![
+                "host_keys[0]",
+                "host_keys[1]",
+                "host_keys[2]",
+                "host_keys[3]",
+                "host_certificates[0]"
+            ],
             "{e:?}"
         );
-        assert!(e[2].message.contains("not supported by this build yet"));
+        assert!(e[2]
+            .message
+            .contains("not a valid Secrets Manager secret reference"));
+        assert!(e[4].message.contains("not a valid SSM parameter reference"));
     }
 
     #[test]

@@ -31,8 +31,10 @@ pub fn probe(addr: std::net::SocketAddr, timeout: Duration) -> Result<String, St
     }
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .map_err(|e| format!("{addr}: {e}"))?;
     let mut answer = Vec::new();
@@ -41,7 +43,12 @@ pub fn probe(addr: std::net::SocketAddr, timeout: Duration) -> Result<String, St
         .map_err(|e| format!("{addr}: {e}"))?;
     let text = String::from_utf8_lossy(&answer);
     let status = text.lines().next().unwrap_or("").trim().to_string();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string();
     if status.split_whitespace().nth(1) == Some("200") {
         Ok(format!("{status}: {body}"))
     } else if status.is_empty() {
@@ -98,7 +105,9 @@ pub fn unhealthy(shared: &Shared, phase: Phase) -> Option<String> {
     match phase {
         Phase::Running => {}
         Phase::Leaving => {
-            return Some("leaving: shutting down, still accepting connections until drain_delay ends".into())
+            return Some(
+                "leaving: shutting down, still accepting connections until drain_delay ends".into(),
+            )
         }
         Phase::Draining | Phase::Closing => {
             return Some("draining: shutting down, not accepting connections".into())

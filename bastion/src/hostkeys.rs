@@ -1,17 +1,23 @@
-//! Host keys kept outside the instance: SSM Parameter Store SecureStrings
-//! (`host_keys = ["ssm:/bastion/host_ed25519_key"]`), fetched once at start
-//! and kept only in memory, so that every bastion behind one load balancer,
-//! and every replacement instance, presents the same host key.
+//! Host keys (and host certificates) kept outside the instance: SSM
+//! Parameter Store SecureStrings (`ssm:/bastion/host_ed25519_key`) and
+//! Secrets Manager secrets (`secretsmanager:bastion/host_ed25519_key`),
+//! fetched once at start and kept only in memory, so that every bastion
+//! behind one load balancer, and every replacement instance, presents the
+//! same host key.
 //!
 //! Region, credentials and endpoint come from the standard AWS chain
-//! (`AWS_ENDPOINT_URL_SSM` for tests). The value is a private key: it is
-//! never logged, and errors name only the parameter.
+//! (`AWS_ENDPOINT_URL_SSM`, `AWS_ENDPOINT_URL_SECRETS_MANAGER` for tests).
+//! A value may be a private key: it is never logged, and errors name only
+//! the reference.
 
 use std::time::Duration;
 
-/// Fetches each parameter (with decryption); one result per name, in order.
-pub fn fetch_ssm(names: &[String]) -> Vec<Result<String, String>> {
-    if names.is_empty() {
+use crate::config::HostKey;
+
+/// Fetches each remote reference (files are not read here); one result per
+/// reference, in order.
+pub fn fetch(refs: &[HostKey]) -> Vec<Result<String, String>> {
+    if refs.is_empty() {
         return Vec::new();
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -20,7 +26,7 @@ pub fn fetch_ssm(names: &[String]) -> Vec<Result<String, String>> {
     {
         Ok(r) => r,
         Err(e) => {
-            return names
+            return refs
                 .iter()
                 .map(|_| Err(format!("cannot start the async runtime: {e}")))
                 .collect()
@@ -35,34 +41,61 @@ pub fn fetch_ssm(names: &[String]) -> Vec<Result<String, String>> {
             .timeout_config(timeouts)
             .load()
             .await;
-        let client = aws_sdk_ssm::Client::new(&conf);
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let got = client
-                .get_parameter()
-                .name(name)
-                .with_decryption(true)
-                .send()
-                .await;
-            out.push(match got {
-                Ok(o) => match o.parameter().and_then(|p| p.value()) {
-                    Some(v) => Ok(v.to_string()),
-                    None => Err(format!("ssm:{name}: the parameter has no value")),
-                },
-                Err(e) => {
-                    use aws_sdk_ssm::error::ProvideErrorMetadata;
-                    let why = match e.as_service_error() {
-                        Some(s) => format!(
-                            "{}: {}",
-                            s.code().unwrap_or("error"),
-                            s.message().unwrap_or("no message")
-                        ),
-                        None => aws_sdk_ssm::error::DisplayErrorContext(&e).to_string(),
-                    };
-                    Err(format!("ssm:{name}: {why}"))
+        let mut ssm = None;
+        let mut secrets = None;
+        let mut out = Vec::with_capacity(refs.len());
+        for r in refs {
+            let got = match r {
+                HostKey::File(p) => Err(format!("{}: not a remote reference", p.display())),
+                HostKey::Ssm(name) => {
+                    let client = ssm.get_or_insert_with(|| aws_sdk_ssm::Client::new(&conf));
+                    match client
+                        .get_parameter()
+                        .name(name)
+                        .with_decryption(true)
+                        .send()
+                        .await
+                    {
+                        Ok(o) => o
+                            .parameter()
+                            .and_then(|p| p.value())
+                            .map(str::to_string)
+                            .ok_or_else(|| "the parameter has no value".to_string()),
+                        Err(e) => Err(why(&e)),
+                    }
                 }
-            });
+                HostKey::SecretsManager(id) => {
+                    let client =
+                        secrets.get_or_insert_with(|| aws_sdk_secretsmanager::Client::new(&conf));
+                    match client.get_secret_value().secret_id(id).send().await {
+                        Ok(o) => match (o.secret_string(), o.secret_binary()) {
+                            (Some(s), _) => Ok(s.to_string()),
+                            (None, Some(b)) => String::from_utf8(b.as_ref().to_vec())
+                                .map_err(|_| "the secret's binary value is not text".to_string()),
+                            (None, None) => Err("the secret has no value".to_string()),
+                        },
+                        Err(e) => Err(why(&e)),
+                    }
+                }
+            };
+            out.push(got.map_err(|e| format!("{r}: {e}")));
         }
         out
     })
+}
+
+/// An SDK error as `Code: message` (service errors) or its full context.
+fn why<E, R>(e: &aws_sdk_ssm::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_ssm::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e.as_service_error() {
+        Some(s) => format!(
+            "{}: {}",
+            s.code().unwrap_or("error"),
+            s.message().unwrap_or("no message")
+        ),
+        None => aws_sdk_ssm::error::DisplayErrorContext(e).to_string(),
+    }
 }

@@ -33,6 +33,15 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// What the server presents in the SSH handshake.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostIdentity {
+    /// OpenSSH private host keys, PEM.
+    pub keys: Vec<Secret>,
+    /// OpenSSH host certificates (`…-cert-v01@openssh.com …`), each for one of `keys`.
+    pub certificates: Vec<String>,
+}
+
 /// What the worker needs to know to run one connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerInit {
@@ -40,8 +49,8 @@ pub struct WorkerInit {
     pub sid: String,
     /// The client's address, for the worker's own log lines.
     pub peer: String,
-    /// OpenSSH private host keys, PEM.
-    pub host_keys: Vec<Secret>,
+    /// The host's keys and certificates for the handshake.
+    pub host: HostIdentity,
     /// Sandbox to enter before any untrusted byte is parsed; None when sandboxing is off.
     pub sandbox: Option<SandboxPlan>,
     /// Emit JSON log lines (true when the monitor's stderr is not a terminal).

@@ -20,7 +20,7 @@ use crate::audit::{trail_name, AuditLog, Event};
 use crate::authkeys::{validate_login, KeyOptions, PublicKeyBlob};
 use crate::config::Config;
 use crate::ipc::{
-    self, AuthVerdict, ForwardRefusal, SandboxPlan, Secret, ToMonitor, ToWorker, WorkerInit,
+    self, AuthVerdict, ForwardRefusal, HostIdentity, SandboxPlan, ToMonitor, ToWorker, WorkerInit,
 };
 use crate::keysource::{KeySources, Lookup};
 use crate::policy::{Decision, Policy, Subject};
@@ -63,7 +63,7 @@ pub struct Shared {
     pub policy: Policy,
     pub sources: KeySources,
     pub audit: AuditLog,
-    pub host_keys: Vec<Secret>,
+    pub host: HostIdentity,
     pub log_filter: String,
     pub log_json: bool,
     pub metrics: crate::health::Metrics,
@@ -134,7 +134,7 @@ impl Shared {
         policy: Policy,
         sources: KeySources,
         audit: AuditLog,
-        host_keys: Vec<Secret>,
+        host: HostIdentity,
         log_filter: String,
         log_json: bool,
     ) -> Shared {
@@ -148,7 +148,7 @@ impl Shared {
             policy,
             sources,
             audit,
-            host_keys,
+            host,
             log_filter,
             log_json,
             metrics: crate::health::Metrics::default(),
@@ -598,7 +598,7 @@ async fn start_worker(
     let init = WorkerInit {
         sid: sid.to_string(),
         peer: peer.to_string(),
-        host_keys: shared.host_keys.clone(),
+        host: shared.host.clone(),
         sandbox: enabled.then(|| SandboxPlan {
             uid,
             memory_limit: shared.config.sandbox.memory_limit,

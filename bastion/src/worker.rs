@@ -63,10 +63,17 @@ fn run_worker(client: OwnedFd, control: OwnedFd) -> Result<u8, WorkerError> {
 
     // Parse host keys before the sandbox: pure CPU, but keeps the sandboxed
     // part of start-up small.
-    let mut keys = Vec::with_capacity(init.host_keys.len());
-    for k in &init.host_keys {
+    let mut keys = Vec::with_capacity(init.host.keys.len());
+    for k in &init.host.keys {
         keys.push(
             russh::keys::decode_secret_key(&k.0, None)
+                .map_err(|e| WorkerError::HostKey(e.to_string()))?,
+        );
+    }
+    let mut certificates = Vec::with_capacity(init.host.certificates.len());
+    for c in &init.host.certificates {
+        certificates.push(
+            russh::keys::Certificate::from_openssh(c)
                 .map_err(|e| WorkerError::HostKey(e.to_string()))?,
         );
     }
@@ -94,7 +101,7 @@ fn run_worker(client: OwnedFd, control: OwnedFd) -> Result<u8, WorkerError> {
     // around the runtime, not across an await).
     let span = tracing::info_span!("session", sid = %init.sid, peer = %init.peer);
     let _enter = span.enter();
-    runtime.block_on(serve(client, control, init, keys))?;
+    runtime.block_on(serve(client, control, init, keys, certificates))?;
     Ok(0)
 }
 
@@ -186,7 +193,10 @@ impl Control {
 /// Bytes the relay moves per read, each way.
 const RELAY_BUFFER: usize = 256 * 1024;
 
-fn ssh_config(keys: Vec<russh::keys::PrivateKey>) -> russh::server::Config {
+fn ssh_config(
+    keys: Vec<russh::keys::PrivateKey>,
+    certificates: Vec<russh::keys::Certificate>,
+) -> russh::server::Config {
     use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
     use russh::{cipher, kex, mac, Preferred};
     use std::borrow::Cow;
@@ -239,6 +249,7 @@ fn ssh_config(keys: Vec<russh::keys::PrivateKey>) -> russh::server::Config {
         auth_rejection_time: Duration::from_millis(200),
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys,
+        certificates,
         max_auth_attempts: 6,
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(60)),
@@ -259,6 +270,7 @@ async fn serve(
     control: OwnedFd,
     init: WorkerInit,
     keys: Vec<russh::keys::PrivateKey>,
+    certificates: Vec<russh::keys::Certificate>,
 ) -> Result<(), WorkerError> {
     let (relays_tx, mut relays_rx) = tokio::sync::mpsc::channel::<()>(1);
     let ctl = Arc::new(Control {
@@ -280,7 +292,9 @@ async fn serve(
         ctl: ctl.clone(),
         refuse: init.refuse.clone(),
     };
-    let running = russh::server::run_stream(Arc::new(ssh_config(keys)), stream, handler).await?;
+    let running =
+        russh::server::run_stream(Arc::new(ssh_config(keys, certificates)), stream, handler)
+            .await?;
     let _ = ctl.handle.set(running.handle());
     let result = match running.await {
         Ok(()) => Ok(()),
