@@ -220,6 +220,7 @@ struct Inner {
     dir: PathBuf,
     tx: mpsc::Sender<Request>,
     healthy: Arc<AtomicBool>,
+    shipping: crate::shipper::Shipping,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -316,7 +317,12 @@ impl AuditLog {
                 source,
             })?;
         Ok(AuditLog {
-            inner: Arc::new(Inner { dir, tx, healthy }),
+            inner: Arc::new(Inner {
+                dir,
+                tx,
+                healthy,
+                shipping: Default::default(),
+            }),
         })
     }
 
@@ -403,6 +409,21 @@ impl AuditLog {
     /// not change [`AuditLog::healthy`]; the next successful event write does.
     pub fn recheck(&self) -> Result<(), AuditError> {
         probe(&self.inner.dir)
+    }
+
+    /// Starts the remote sinks configured in `cfg`, fed from this log's directory
+    /// (see [`crate::shipper`]). Call once, before the handle is cloned.
+    pub fn start_shipping(&mut self, cfg: &crate::config::Audit) -> Result<(), String> {
+        let shipping = crate::shipper::Shipping::start(cfg, &self.inner.dir)?;
+        let inner = Arc::get_mut(&mut self.inner)
+            .ok_or("start_shipping: the audit log is already shared")?;
+        inner.shipping = shipping;
+        Ok(())
+    }
+
+    /// The remote sinks and their state.
+    pub fn shipping(&self) -> &crate::shipper::Shipping {
+        &self.inner.shipping
     }
 
     /// The (absolute) audit directory.
@@ -890,25 +911,43 @@ fn verify_file(path: &Path, summary: &mut VerifySummary) -> Result<(), VerifyErr
     };
     let file = File::open(path).map_err(|e| io_err("open", e))?;
     let mut reader = BufReader::new(file);
+    let mut failed = None;
+    let lines = std::iter::from_fn(|| {
+        let mut buf = Vec::new();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => None,
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                }
+                Some(buf)
+            }
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        }
+    });
+    let checked = verify_lines(path, lines, summary);
+    match failed {
+        Some(e) => Err(io_err("read", e)),
+        None => checked,
+    }
+}
+
+/// Checks the hash chains of one trail given as lines (without their newlines), in order;
+/// `name` names it in errors. See [`verify`] for the rules.
+pub fn verify_lines(
+    name: &Path,
+    lines: impl Iterator<Item = Vec<u8>>,
+    summary: &mut VerifySummary,
+) -> Result<(), VerifyError> {
     // sid → (last seq, hash of its line)
     let mut sessions: HashMap<String, (u64, String)> = HashMap::new();
-    let mut buf = Vec::new();
-    let mut line_no = 0usize;
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| io_err("read", e))?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-        }
+    for (i, buf) in lines.enumerate() {
         check_line(&buf, &mut sessions).map_err(|(sid, seq, message)| VerifyError::Broken {
-            file: path.to_path_buf(),
-            line: line_no,
+            file: name.to_path_buf(),
+            line: i + 1,
             sid,
             seq,
             message,

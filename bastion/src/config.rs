@@ -257,10 +257,32 @@ pub struct AllowRule {
 /// The `[audit]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Audit {
-    /// `dir`: directory the audit trail is written to (default `/var/log/bastion`).
+    /// `dir`: directory the audit trail is written to (default `/var/log/bastion`); it is
+    /// also the spool the remote sinks are fed from.
     pub dir: PathBuf,
     /// `stdout`: also write audit records to standard output (default false).
     pub stdout: bool,
+    /// `spool_max`: bytes written but not yet shipped to every remote sink above which new
+    /// sessions are refused (default 1GiB, at least 64KiB).
+    pub spool_max: u64,
+    /// `cloudwatch_log_group`: ship to this CloudWatch Logs group, one stream per user.
+    pub cloudwatch_log_group: Option<String>,
+    /// `s3_bucket` (with `s3_prefix`, `s3_sse`, `s3_kms_key_id`, `s3_interval`): ship
+    /// per-user, per-session objects to S3.
+    pub s3: Option<S3Sink>,
+}
+
+/// Where and how the S3 audit sink writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Sink {
+    /// `s3_bucket`.
+    pub bucket: String,
+    /// `s3_prefix` (default `""`): objects are `<prefix><user>/<YYYY>/<MM>/<DD>/<sid>.jsonl`.
+    pub prefix: String,
+    /// `s3_sse` (default `"AES256"`, or `"aws:kms"`) and `s3_kms_key_id` (only with `aws:kms`).
+    pub kms: Option<Option<String>>,
+    /// `s3_interval` (default 5m): a live session's object is rewritten this often.
+    pub interval: Duration,
 }
 
 /// The `[sandbox]` section.
@@ -535,7 +557,17 @@ enum Kind {
     Section(&'static [(&'static str, Kind)]),
 }
 
-const AUDIT_KEYS: &[(&str, Kind)] = &[("dir", Kind::Text), ("stdout", Kind::Bool)];
+const AUDIT_KEYS: &[(&str, Kind)] = &[
+    ("dir", Kind::Text),
+    ("stdout", Kind::Bool),
+    ("spool_max", Kind::Size),
+    ("cloudwatch_log_group", Kind::Text),
+    ("s3_bucket", Kind::Text),
+    ("s3_prefix", Kind::Text),
+    ("s3_sse", Kind::Text),
+    ("s3_kms_key_id", Kind::Text),
+    ("s3_interval", Kind::Text),
+];
 const SANDBOX_KEYS: &[(&str, Kind)] = &[
     ("enabled", Kind::Bool),
     ("uid_base", Kind::Int),
@@ -1695,10 +1727,102 @@ impl Reader<'_> {
             Self::path,
         );
         let stdout = self.field(&mut t, "audit", "stdout", false, Self::boolean);
+        let spool_max = self.field(&mut t, "audit", "spool_max", 1 << 30, |r, k, v| {
+            r.size(k, v, 64 << 10)
+        });
+        let mut text = |r: &mut Self, name: &str, valid: fn(&str) -> bool, rule: &str| {
+            let v = t.remove(name)?;
+            let key = format!("audit.{name}");
+            let s = r.non_empty_string(&key, v)?;
+            if valid(&s) {
+                Some(s)
+            } else {
+                r.push(&key, format!("{s:?} is not valid: {rule}"), None);
+                None
+            }
+        };
+        // CloudWatch Logs group names: 1-512 of [A-Za-z0-9_-/.#].
+        let log_group = text(
+            self,
+            "cloudwatch_log_group",
+            |s| {
+                s.len() <= 512
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-/.#".contains(c))
+            },
+            "1 to 512 letters, digits and _-/.#",
+        );
+        // S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens.
+        let bucket = text(
+            self,
+            "s3_bucket",
+            |s| {
+                (3..=63).contains(&s.len())
+                    && s.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c))
+            },
+            "3 to 63 lowercase letters, digits, dots and hyphens",
+        );
+        let prefix = text(
+            self,
+            "s3_prefix",
+            |s| !s.starts_with('/') && s.len() <= 512,
+            "no leading /, at most 512 bytes",
+        );
+        let sse = text(
+            self,
+            "s3_sse",
+            |s| s == "AES256" || s == "aws:kms",
+            "\"AES256\" or \"aws:kms\"",
+        );
+        let kms_key = text(
+            self,
+            "s3_kms_key_id",
+            |s| s.len() <= 2048,
+            "a KMS key id, alias or ARN",
+        );
+        let interval = self.field(
+            &mut t,
+            "audit",
+            "s3_interval",
+            Duration::from_secs(300),
+            |r, k, v| r.duration(k, v, true),
+        );
+        let s3_keys_set = prefix.is_some() || sse.is_some() || kms_key.is_some();
+        let s3 = match bucket {
+            Some(bucket) => {
+                if kms_key.is_some() && sse.as_deref() != Some("aws:kms") {
+                    self.push(
+                        "audit.s3_kms_key_id",
+                        "s3_kms_key_id needs s3_sse = \"aws:kms\"",
+                        None,
+                    );
+                }
+                Some(S3Sink {
+                    bucket,
+                    prefix: prefix.unwrap_or_default(),
+                    kms: (sse.as_deref() == Some("aws:kms")).then_some(kms_key),
+                    interval: interval.unwrap_or(Duration::from_secs(300)),
+                })
+            }
+            None => {
+                if s3_keys_set && !self.origins.is_set("audit.s3_bucket") {
+                    self.push(
+                        "audit.s3_bucket",
+                        "s3_prefix, s3_sse and s3_kms_key_id need s3_bucket",
+                        None,
+                    );
+                }
+                None
+            }
+        };
         self.leftovers(t, "audit", &names(AUDIT_KEYS));
         Some(Audit {
             dir: dir?,
             stdout: stdout?,
+            spool_max: spool_max?,
+            cloudwatch_log_group: log_group,
+            s3,
         })
     }
 
@@ -2010,7 +2134,10 @@ mod tests {
             cfg.audit,
             Audit {
                 dir: "/var/log/bastion".into(),
-                stdout: false
+                stdout: false,
+                spool_max: 1 << 30,
+                cloudwatch_log_group: None,
+                s3: None,
             }
         );
         assert_eq!(
@@ -2177,7 +2304,10 @@ drain_delay = "15s"
             cfg.audit,
             Audit {
                 dir: "/srv/audit".into(),
-                stdout: true
+                stdout: true,
+                spool_max: 1 << 30,
+                cloudwatch_log_group: None,
+                s3: None,
             }
         );
         assert_eq!(

@@ -116,6 +116,9 @@ pub fn unhealthy(shared: &Shared, phase: Phase) -> Option<String> {
     if !shared.audit.healthy() {
         return Some("the audit trail cannot be written".into());
     }
+    if let Some(why) = shared.audit.shipping().spool_full() {
+        return Some(why);
+    }
     let (sessions, max) = shared.sessions();
     if sessions >= max {
         return Some(format!("full: {sessions} of {max} sessions"));
@@ -226,6 +229,37 @@ fn render(shared: &Shared) -> String {
             .into_iter()
             .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), v))
             .collect(),
+    );
+    let sinks = &shared.audit.shipping().sinks;
+    let per_sink = |f: &dyn Fn(&crate::shipper::SinkStats) -> u64| -> Vec<(String, u64)> {
+        sinks
+            .iter()
+            .map(|s| (format!("{{sink=\"{}\"}}", s.name), f(s)))
+            .collect()
+    };
+    counter(
+        "bastion_audit_sink_up",
+        "1 while the remote audit sink's last attempt succeeded.",
+        "gauge",
+        per_sink(&|s| u64::from(s.up.load(Ordering::Relaxed))),
+    );
+    counter(
+        "bastion_audit_spool_bytes",
+        "Audit trail bytes not yet shipped to the sink.",
+        "gauge",
+        per_sink(&|s| s.unshipped.load(Ordering::Relaxed)),
+    );
+    counter(
+        "bastion_audit_shipped_events_total",
+        "Audit events delivered to the sink.",
+        "counter",
+        per_sink(&|s| s.shipped.load(Ordering::Relaxed)),
+    );
+    counter(
+        "bastion_audit_sink_errors_total",
+        "Failed attempts to ship to the sink (each retried).",
+        "counter",
+        per_sink(&|s| s.errors.load(Ordering::Relaxed)),
     );
     out
 }

@@ -61,7 +61,7 @@ pub fn fetch(refs: &[HostKey]) -> Vec<Result<String, String>> {
                             .and_then(|p| p.value())
                             .map(str::to_string)
                             .ok_or_else(|| "the parameter has no value".to_string()),
-                        Err(e) => Err(why(&e)),
+                        Err(e) => Err(crate::awsutil::error_text(&e)),
                     }
                 }
                 HostKey::SecretsManager(id) => {
@@ -74,7 +74,7 @@ pub fn fetch(refs: &[HostKey]) -> Vec<Result<String, String>> {
                                 .map_err(|_| "the secret's binary value is not text".to_string()),
                             (None, None) => Err("the secret has no value".to_string()),
                         },
-                        Err(e) => Err(why(&e)),
+                        Err(e) => Err(crate::awsutil::error_text(&e)),
                     }
                 }
             };
@@ -82,20 +82,4 @@ pub fn fetch(refs: &[HostKey]) -> Vec<Result<String, String>> {
         }
         out
     })
-}
-
-/// An SDK error as `Code: message` (service errors) or its full context.
-fn why<E, R>(e: &aws_sdk_ssm::error::SdkError<E, R>) -> String
-where
-    E: aws_sdk_ssm::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match e.as_service_error() {
-        Some(s) => format!(
-            "{}: {}",
-            s.code().unwrap_or("error"),
-            s.message().unwrap_or("no message")
-        ),
-        None => aws_sdk_ssm::error::DisplayErrorContext(e).to_string(),
-    }
 }

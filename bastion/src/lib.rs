@@ -10,7 +10,9 @@
 
 pub mod akc;
 pub mod audit;
+pub mod auditread;
 pub mod authkeys;
+pub mod awsutil;
 pub mod cli;
 pub mod config;
 pub mod health;
@@ -23,4 +25,5 @@ pub mod monitor;
 pub mod policy;
 pub mod proxy_protocol;
 pub mod sandbox;
+pub mod shipper;
 pub mod worker;

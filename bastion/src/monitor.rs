@@ -29,6 +29,9 @@ use crate::sandbox;
 /// What a client is told when the audit trail cannot be written.
 pub const AUDIT_DOWN: &str = "bastion: the audit trail cannot be written, so new sessions are refused; please tell the bastion's operators";
 
+/// What a client is told when the audit spool is over `audit.spool_max`.
+pub const SPOOL_FULL: &str = "bastion: the audit spool is full (the remote audit sinks are behind), so new sessions are refused; please tell the bastion's operators";
+
 /// Shutdown phases, broadcast to every task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -638,6 +641,10 @@ async fn start_worker(
 /// for every new connection, so the bastion recovers by itself once an
 /// operator has made room.
 async fn audit_refusal(shared: &Shared) -> Option<String> {
+    if let Some(why) = shared.audit.shipping().spool_full() {
+        tracing::error!(reason = %why, "audit spool full; refusing a new connection");
+        return Some(SPOOL_FULL.to_string());
+    }
     if shared.audit.healthy() {
         return None;
     }

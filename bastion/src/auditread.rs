@@ -1,0 +1,436 @@
+//! Reading an audit trail back, from the local directory or from where the
+//! remote sinks put it (CloudWatch Logs streams, S3 objects), for
+//! `bastion audit verify` and `bastion audit show`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Map, Value};
+
+use crate::audit::{VerifyError, VerifySummary};
+
+/// Where a trail is read from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A trail file or the audit directory.
+    Dir(PathBuf),
+    /// A CloudWatch Logs group (one stream per user).
+    CloudWatch { group: String },
+    /// An S3 bucket and prefix (`<prefix><user>/YYYY/MM/DD/<sid>.jsonl`).
+    S3 { bucket: String, prefix: String },
+}
+
+/// One file, stream or object: its name and its lines, in order.
+#[derive(Debug)]
+pub struct Trail {
+    pub name: String,
+    pub user: String,
+    pub lines: Vec<String>,
+}
+
+/// Reads every trail of `source`, or only `user`'s.
+pub fn read(source: &Source, user: Option<&str>) -> Result<Vec<Trail>, String> {
+    match source {
+        Source::Dir(path) => read_dir(path, user),
+        Source::CloudWatch { group } => remote(|rt, conf| read_cloudwatch(rt, conf, group, user)),
+        Source::S3 { bucket, prefix } => remote(|rt, conf| read_s3(rt, conf, bucket, prefix, user)),
+    }
+}
+
+fn read_dir(path: &Path, user: Option<&str>) -> Result<Vec<Trail>, String> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| format!("cannot list {}: {e}", path.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && p.is_file())
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut out = Vec::new();
+    for f in files {
+        let name = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if user.is_some_and(|u| u != name) {
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        out.push(Trail {
+            name: f.display().to_string(),
+            user: name,
+            lines: text.lines().map(str::to_string).collect(),
+        });
+    }
+    Ok(out)
+}
+
+fn remote<T>(
+    f: impl FnOnce(&tokio::runtime::Runtime, &aws_config::SdkConfig) -> Result<T, String>,
+) -> Result<T, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let conf = rt.block_on(aws_config::defaults(aws_config::BehaviorVersion::latest()).load());
+    f(&rt, &conf)
+}
+
+fn read_cloudwatch(
+    rt: &tokio::runtime::Runtime,
+    conf: &aws_config::SdkConfig,
+    group: &str,
+    user: Option<&str>,
+) -> Result<Vec<Trail>, String> {
+    let client = aws_sdk_cloudwatchlogs::Client::new(conf);
+    let mut streams = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut req = client
+            .describe_log_streams()
+            .log_group_name(group)
+            .set_next_token(token.clone());
+        if let Some(u) = user {
+            req = req.log_stream_name_prefix(u);
+        }
+        let page = rt.block_on(req.send()).map_err(|e| {
+            format!(
+                "DescribeLogStreams {group}: {}",
+                crate::awsutil::error_text(&e)
+            )
+        })?;
+        streams.extend(
+            page.log_streams()
+                .iter()
+                .filter_map(|s| s.log_stream_name().map(str::to_string))
+                .filter(|s| user.is_none_or(|u| u == s)),
+        );
+        token = page.next_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    streams.sort();
+    let mut out = Vec::new();
+    for stream in streams {
+        let mut lines = Vec::new();
+        let mut seen = HashSet::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = rt
+                .block_on(
+                    client
+                        .get_log_events()
+                        .log_group_name(group)
+                        .log_stream_name(&stream)
+                        .start_from_head(true)
+                        .set_next_token(token.clone())
+                        .send(),
+                )
+                .map_err(|e| {
+                    format!(
+                        "GetLogEvents {group}/{stream}: {}",
+                        crate::awsutil::error_text(&e)
+                    )
+                })?;
+            for ev in page.events() {
+                if let Some(m) = ev.message() {
+                    // A retry after a crash may have delivered an event twice: the
+                    // same session and sequence is the same event.
+                    if seen.insert(identity(m)) {
+                        lines.push(m.to_string());
+                    }
+                }
+            }
+            let next = page.next_forward_token().map(str::to_string);
+            if page.events().is_empty() || next == token {
+                break;
+            }
+            token = next;
+        }
+        out.push(Trail {
+            name: format!("cloudwatch:{group}/{stream}"),
+            user: stream,
+            lines,
+        });
+    }
+    Ok(out)
+}
+
+/// (sid, seq) of an event line, or the whole line for anything else.
+fn identity(line: &str) -> String {
+    match serde_json::from_str::<Value>(line) {
+        Ok(v) => match (
+            v.get("sid").and_then(Value::as_str),
+            v.get("seq").and_then(Value::as_u64),
+        ) {
+            (Some(sid), Some(seq)) => format!("{sid}/{seq}"),
+            _ => line.to_string(),
+        },
+        Err(_) => line.to_string(),
+    }
+}
+
+fn read_s3(
+    rt: &tokio::runtime::Runtime,
+    conf: &aws_config::SdkConfig,
+    bucket: &str,
+    prefix: &str,
+    user: Option<&str>,
+) -> Result<Vec<Trail>, String> {
+    let client = crate::shipper::s3_client(conf);
+    let list_prefix = match user {
+        Some(u) => format!("{prefix}{u}/"),
+        None => prefix.to_string(),
+    };
+    let mut keys = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = rt
+            .block_on(
+                client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(&list_prefix)
+                    .set_continuation_token(token.clone())
+                    .send(),
+            )
+            .map_err(|e| {
+                format!(
+                    "ListObjectsV2 s3://{bucket}/{list_prefix}: {}",
+                    crate::awsutil::error_text(&e)
+                )
+            })?;
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string))
+                .filter(|k| k.ends_with(".jsonl")),
+        );
+        token = page.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    keys.sort();
+    let mut out = Vec::new();
+    for key in keys {
+        let obj = rt
+            .block_on(client.get_object().bucket(bucket).key(&key).send())
+            .map_err(|e| {
+                format!(
+                    "GetObject s3://{bucket}/{key}: {}",
+                    crate::awsutil::error_text(&e)
+                )
+            })?;
+        let body = rt
+            .block_on(obj.body.collect())
+            .map_err(|e| format!("reading s3://{bucket}/{key}: {e}"))?
+            .into_bytes();
+        let text = String::from_utf8_lossy(&body);
+        let user = key[prefix.len()..]
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        out.push(Trail {
+            name: format!("s3://{bucket}/{key}"),
+            user,
+            lines: text.lines().map(str::to_string).collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// Checks the hash chains of every trail read, like [`crate::audit::verify`].
+pub fn verify(trails: &[Trail]) -> Result<VerifySummary, VerifyError> {
+    let mut summary = VerifySummary {
+        files: 0,
+        events: 0,
+        sessions: 0,
+    };
+    for t in trails {
+        crate::audit::verify_lines(
+            Path::new(&t.name),
+            t.lines.iter().map(|l| l.as_bytes().to_vec()),
+            &mut summary,
+        )?;
+    }
+    Ok(summary)
+}
+
+/// One session as `audit show` prints it.
+#[derive(Debug, Default, Clone)]
+pub struct Session {
+    pub sid: String,
+    pub user: String,
+    pub login: String,
+    pub from: String,
+    pub start: String,
+    pub start_time: Option<SystemTime>,
+    pub targets: Vec<String>,
+    pub refused: Vec<String>,
+    pub duration_ms: Option<u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub outcome: String,
+}
+
+/// Sessions of the trails (a refused login is a session without `session.start`), oldest first,
+/// started at or after `since`.
+pub fn sessions(trails: &[Trail], since: Option<SystemTime>) -> Vec<Session> {
+    let mut by_id: BTreeMap<(String, String), Session> = BTreeMap::new();
+    for t in trails {
+        for line in &t.lines {
+            let Ok(Value::Object(ev)) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let s_ = |k: &str| ev.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            let sid = s_("sid");
+            let s = by_id
+                .entry((t.user.clone(), sid.clone()))
+                .or_insert_with(|| Session {
+                    sid,
+                    user: t.user.clone(),
+                    outcome: "open".into(),
+                    ..Default::default()
+                });
+            if s.start.is_empty() {
+                s.start = s_("ts");
+                s.start_time = humantime::parse_rfc3339(&s.start).ok();
+            }
+            if s.login.is_empty() {
+                s.login = s_("login");
+            }
+            if s.from.is_empty() {
+                s.from = s_("remote_addr");
+            }
+            match s_("event").as_str() {
+                "auth" if ev.get("success") == Some(&Value::Bool(false)) && s.outcome == "open" => {
+                    s.outcome = format!("login refused: {}", s_("reason"));
+                }
+                "session.start" => s.outcome = "open".into(),
+                "port" => {
+                    let target = s_("target");
+                    if ev.get("allowed") == Some(&Value::Bool(true)) {
+                        if !s.targets.contains(&target) {
+                            s.targets.push(target);
+                        }
+                    } else {
+                        s.refused.push(format!("{target} ({})", s_("reason")));
+                    }
+                }
+                "port.end" => {
+                    s.bytes_in += ev.get("bytes_in").and_then(Value::as_u64).unwrap_or(0);
+                    s.bytes_out += ev.get("bytes_out").and_then(Value::as_u64).unwrap_or(0);
+                }
+                "session.end" => {
+                    s.duration_ms = ev.get("duration_ms").and_then(Value::as_u64);
+                    let reason = s_("reason");
+                    if !s.outcome.starts_with("login refused") {
+                        s.outcome = if reason.is_empty() {
+                            "ended".into()
+                        } else {
+                            reason
+                        };
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out: Vec<Session> = by_id
+        .into_values()
+        .filter(|s| since.is_none_or(|t| s.start_time.is_some_and(|st| st >= t)))
+        .collect();
+    out.sort_by(|a, b| a.start.cmp(&b.start).then(a.sid.cmp(&b.sid)));
+    out
+}
+
+impl Session {
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("sid".into(), json!(self.sid));
+        m.insert("user".into(), json!(self.user));
+        m.insert("login".into(), json!(self.login));
+        m.insert("from".into(), json!(self.from));
+        m.insert("start".into(), json!(self.start));
+        m.insert("to".into(), json!(self.targets));
+        m.insert("refused".into(), json!(self.refused));
+        m.insert("duration_ms".into(), json!(self.duration_ms));
+        m.insert("bytes_in".into(), json!(self.bytes_in));
+        m.insert("bytes_out".into(), json!(self.bytes_out));
+        m.insert("outcome".into(), json!(self.outcome));
+        Value::Object(m)
+    }
+}
+
+/// The sessions as an aligned text table.
+pub fn table(sessions: &[Session]) -> String {
+    let mut rows = vec![[
+        "START".to_string(),
+        "USER".into(),
+        "FROM".into(),
+        "TO".into(),
+        "DURATION".into(),
+        "BYTES IN/OUT".into(),
+        "OUTCOME".into(),
+    ]];
+    for s in sessions {
+        let to = if s.targets.is_empty() && s.refused.is_empty() {
+            "-".to_string()
+        } else {
+            let mut v = s.targets.clone();
+            v.extend(s.refused.iter().map(|r| format!("refused {r}")));
+            v.join(", ")
+        };
+        rows.push([
+            s.start.clone(),
+            if s.user == crate::audit::UNKNOWN_TRAIL && !s.login.is_empty() {
+                format!("{} (unknown)", s.login)
+            } else {
+                s.user.clone()
+            },
+            if s.from.is_empty() {
+                "-".into()
+            } else {
+                s.from.clone()
+            },
+            to,
+            s.duration_ms
+                .map(|ms| {
+                    humantime::format_duration(Duration::from_millis(ms - ms % 1000)).to_string()
+                })
+                .map(|d| if d == "0s" { "<1s".into() } else { d })
+                .unwrap_or_else(|| "-".into()),
+            format!("{}/{}", s.bytes_in, s.bytes_out),
+            s.outcome.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 6 {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
