@@ -1,0 +1,163 @@
+# A VPC with public subnets (the NLB, a NAT gateway) and private subnets (the
+# bastion instances and what they reach), in two Availability Zones, and the
+# bastion in front of it.
+
+data "aws_availability_zones" "available" {
+  state = "available"
+}
+
+locals {
+  azs = slice(data.aws_availability_zones.available.names, 0, 2)
+  tags = {
+    Example = var.name
+  }
+}
+
+################################################################################
+# VPC
+################################################################################
+
+resource "aws_vpc" "this" {
+  cidr_block           = var.vpc_cidr
+  enable_dns_support   = true
+  enable_dns_hostnames = true
+
+  tags = merge(local.tags, { Name = var.name })
+}
+
+resource "aws_internet_gateway" "this" {
+  vpc_id = aws_vpc.this.id
+
+  tags = merge(local.tags, { Name = var.name })
+}
+
+resource "aws_subnet" "public" {
+  count = length(local.azs)
+
+  vpc_id            = aws_vpc.this.id
+  availability_zone = local.azs[count.index]
+  cidr_block        = cidrsubnet(var.vpc_cidr, 8, count.index)
+
+  tags = merge(local.tags, { Name = "${var.name}-public-${local.azs[count.index]}" })
+}
+
+resource "aws_subnet" "private" {
+  count = length(local.azs)
+
+  vpc_id            = aws_vpc.this.id
+  availability_zone = local.azs[count.index]
+  cidr_block        = cidrsubnet(var.vpc_cidr, 8, 100 + count.index)
+
+  tags = merge(local.tags, { Name = "${var.name}-private-${local.azs[count.index]}" })
+}
+
+resource "aws_route_table" "public" {
+  vpc_id = aws_vpc.this.id
+
+  route {
+    cidr_block = "0.0.0.0/0"
+    gateway_id = aws_internet_gateway.this.id
+  }
+
+  tags = merge(local.tags, { Name = "${var.name}-public" })
+}
+
+resource "aws_route_table_association" "public" {
+  count = length(local.azs)
+
+  subnet_id      = aws_subnet.public[count.index].id
+  route_table_id = aws_route_table.public.id
+}
+
+# One NAT gateway (for the AWS APIs and the binary download); use one per AZ,
+# or VPC endpoints, in production.
+resource "aws_eip" "nat" {
+  domain = "vpc"
+
+  tags = merge(local.tags, { Name = "${var.name}-nat" })
+}
+
+resource "aws_nat_gateway" "this" {
+  allocation_id = aws_eip.nat.id
+  subnet_id     = aws_subnet.public[0].id
+
+  tags = merge(local.tags, { Name = var.name })
+
+  depends_on = [aws_internet_gateway.this]
+}
+
+resource "aws_route_table" "private" {
+  vpc_id = aws_vpc.this.id
+
+  route {
+    cidr_block     = "0.0.0.0/0"
+    nat_gateway_id = aws_nat_gateway.this.id
+  }
+
+  tags = merge(local.tags, { Name = "${var.name}-private" })
+}
+
+resource "aws_route_table_association" "private" {
+  count = length(local.azs)
+
+  subnet_id      = aws_subnet.private[count.index].id
+  route_table_id = aws_route_table.private.id
+}
+
+################################################################################
+# The bastion
+################################################################################
+
+module "bastion" {
+  source = "../../terraform"
+
+  name          = var.name
+  vpc_id        = aws_vpc.this.id
+  subnet_ids    = aws_subnet.private[*].id
+  lb_subnet_ids = aws_subnet.public[*].id
+
+  allowed_cidr_blocks = var.allowed_cidr_blocks
+  iam_groups          = var.iam_groups
+
+  bastion_binary_url    = var.bastion_binary_url
+  bastion_binary_sha256 = var.bastion_binary_sha256
+
+  # Who may reach what: ops anywhere in the VPC on SSH, everyone else only the
+  # app subnets' SSH and the database port.
+  allow_rules = [
+    {
+      principals = ["group:ops"]
+      to         = ["${var.vpc_cidr}:22"]
+    },
+    {
+      principals = ["*"]
+      to         = [for s in aws_subnet.private : "${s.cidr_block}:22"]
+    },
+    {
+      principals = ["group:dba"]
+      to         = ["*.internal:5432"]
+    },
+  ]
+  onward_ports = [22, 5432]
+
+  min_size         = 2
+  max_size         = 4
+  desired_capacity = 2
+
+  # Half Spot above one On-Demand instance.
+  instance_types                           = ["t3.small", "t3a.small", "t2.small"]
+  on_demand_base_capacity                  = 1
+  on_demand_percentage_above_base_capacity = 50
+
+  shutdown_grace_seconds = 600
+
+  route53_zone_id     = var.route53_zone_id
+  route53_record_name = var.route53_record_name
+
+  # An example: let `terraform destroy` remove the NLB.
+  enable_deletion_protection = false
+
+  tags = local.tags
+
+  depends_on = [aws_route_table_association.private, aws_nat_gateway.this]
+}

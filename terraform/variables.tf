@@ -1,0 +1,584 @@
+################################################################################
+# General
+################################################################################
+
+variable "name" {
+  description = "Name of every resource the module creates (load balancer, target group, Auto Scaling group, IAM role, security group, SSM parameter path, log group). Letters, digits and hyphens, starting with a letter, at most 28 characters (target group names are limited to 32)."
+  type        = string
+  default     = "bastion"
+
+  validation {
+    condition     = can(regex("^[A-Za-z][A-Za-z0-9-]{0,27}$", var.name))
+    error_message = "name must start with a letter and contain only letters, digits and hyphens, at most 28 characters."
+  }
+}
+
+variable "tags" {
+  description = "Tags added to every resource the module creates (and propagated to the instances and their volumes)."
+  type        = map(string)
+  default     = {}
+}
+
+################################################################################
+# Network
+################################################################################
+
+variable "vpc_id" {
+  description = "The VPC the bastion runs in."
+  type        = string
+
+  validation {
+    condition     = can(regex("^vpc-[0-9a-f]+$", var.vpc_id))
+    error_message = "vpc_id must be a VPC id (vpc-…)."
+  }
+}
+
+variable "subnet_ids" {
+  description = "Subnets of the bastion instances (private subnets, one per Availability Zone: use at least two for a multi-AZ group)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.subnet_ids) > 0 && alltrue([for s in var.subnet_ids : can(regex("^subnet-[0-9a-f]+$", s))])
+    error_message = "subnet_ids must list at least one subnet id (subnet-…)."
+  }
+}
+
+variable "lb_subnet_ids" {
+  description = "Subnets of the Network Load Balancer (public subnets for an internet-facing one, private ones when `internal = true`), one per Availability Zone the instances run in."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.lb_subnet_ids) > 0 && alltrue([for s in var.lb_subnet_ids : can(regex("^subnet-[0-9a-f]+$", s))])
+    error_message = "lb_subnet_ids must list at least one subnet id (subnet-…)."
+  }
+}
+
+variable "internal" {
+  description = "Whether the Network Load Balancer is internal (reachable only inside the VPC and what is routed to it) instead of internet-facing."
+  type        = bool
+  default     = false
+}
+
+variable "allowed_cidr_blocks" {
+  description = "Client address ranges (IPv4 or IPv6 CIDRs) allowed to connect to the SSH port. The NLB preserves client addresses for instance targets, so these ranges are what the instances' security group admits. `0.0.0.0/0` and `::/0` are refused unless `allow_internet_ingress = true`."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.allowed_cidr_blocks) > 0 && alltrue([for c in var.allowed_cidr_blocks : can(cidrhost(c, 0))])
+    error_message = "allowed_cidr_blocks must list at least one valid CIDR block (e.g. 203.0.113.0/24)."
+  }
+
+  validation {
+    condition     = var.allow_internet_ingress || alltrue([for c in var.allowed_cidr_blocks : !can(cidrhost(c, 0)) || cidrsubnet(c, 0, 0) != "0.0.0.0/0" && cidrsubnet(c, 0, 0) != "::/0"])
+    error_message = "allowed_cidr_blocks opens the SSH port to the whole internet (0.0.0.0/0 or ::/0); list your clients' ranges, or set allow_internet_ingress = true to mean it."
+  }
+}
+
+variable "allow_internet_ingress" {
+  description = "Allow `allowed_cidr_blocks` to contain `0.0.0.0/0` or `::/0` (the SSH port open to the whole internet). Keys are still required, but scanners will knock."
+  type        = bool
+  default     = false
+}
+
+variable "health_check_cidr_blocks" {
+  description = "Address ranges the load balancer's health checks come from, admitted on `health_port`. Default: the CIDR blocks of `lb_subnet_ids` (the NLB's nodes live there)."
+  type        = list(string)
+  default     = null
+
+  validation {
+    condition     = var.health_check_cidr_blocks == null || alltrue([for c in coalesce(var.health_check_cidr_blocks, []) : can(cidrhost(c, 0)) && cidrsubnet(c, 0, 0) != "0.0.0.0/0" && cidrsubnet(c, 0, 0) != "::/0"])
+    error_message = "health_check_cidr_blocks must be valid CIDR blocks, and not the whole internet."
+  }
+}
+
+variable "egress_cidr_blocks" {
+  description = "Where the bastion may open onward connections (on `onward_ports`). Default: the VPC's CIDR block."
+  type        = list(string)
+  default     = null
+
+  validation {
+    condition     = var.egress_cidr_blocks == null || alltrue([for c in coalesce(var.egress_cidr_blocks, []) : can(cidrhost(c, 0))])
+    error_message = "egress_cidr_blocks must be valid CIDR blocks."
+  }
+}
+
+variable "onward_ports" {
+  description = "TCP ports the bastion may connect onward to in `egress_cidr_blocks` (the security group's part of the forwarding policy; `allow_rules` decides per user)."
+  type        = list(number)
+  default     = [22]
+
+  validation {
+    condition     = length(var.onward_ports) > 0 && alltrue([for p in var.onward_ports : p == floor(p) && p >= 1 && p <= 65535])
+    error_message = "onward_ports must list TCP ports between 1 and 65535."
+  }
+}
+
+variable "https_egress_cidr_blocks" {
+  description = "Where the instances may reach HTTPS (443): the AWS APIs (IAM, STS, SSM, KMS, Auto Scaling, CloudWatch Logs; through a NAT gateway or VPC endpoints) and the artifact (`bastion_binary_url` or `docker_image`). Narrow it to the VPC's CIDR when every API is reached through VPC endpoints."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+
+  validation {
+    condition     = alltrue([for c in var.https_egress_cidr_blocks : can(cidrhost(c, 0))])
+    error_message = "https_egress_cidr_blocks must be valid CIDR blocks."
+  }
+}
+
+variable "additional_security_group_ids" {
+  description = "Further security groups attached to the instances."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for s in var.additional_security_group_ids : can(regex("^sg-[0-9a-f]+$", s))])
+    error_message = "additional_security_group_ids must be security group ids (sg-…)."
+  }
+}
+
+variable "associate_public_ip_address" {
+  description = "Give the instances public IP addresses. Not needed behind the NLB (they only need a route to the AWS APIs); leave it off."
+  type        = bool
+  default     = false
+}
+
+################################################################################
+# Load balancer and DNS
+################################################################################
+
+variable "service_port" {
+  description = "The SSH port: the NLB listener's and the bastion's."
+  type        = number
+  default     = 22
+
+  validation {
+    condition     = var.service_port == floor(var.service_port) && var.service_port >= 1 && var.service_port <= 65535
+    error_message = "service_port must be a TCP port between 1 and 65535."
+  }
+}
+
+variable "health_port" {
+  description = "The port of the bastion's HTTP health endpoint (`health_listen`, `GET /healthz`), checked by the NLB and (through it) the Auto Scaling group. Reachable only from `health_check_cidr_blocks`."
+  type        = number
+  default     = 8080
+
+  validation {
+    condition     = var.health_port == floor(var.health_port) && var.health_port >= 1 && var.health_port <= 65535 && var.health_port != var.service_port
+    error_message = "health_port must be a TCP port between 1 and 65535, other than service_port."
+  }
+}
+
+variable "proxy_protocol_v2" {
+  description = "Have the NLB send PROXY protocol v2 headers and the bastion require them (`proxy_protocol = true`). Client addresses are preserved for instance targets anyway; enable it only if something else (e.g. a NAT) would hide them."
+  type        = bool
+  default     = false
+}
+
+variable "deregistration_delay" {
+  description = "Seconds the NLB keeps a deregistering instance in the draining state before it completes the deregistration. Live connections are not cut at the end (`connection_termination = false`): they stay until the bastion's own drain (`shutdown_grace`) ends them."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.deregistration_delay >= 0 && var.deregistration_delay <= 3600
+    error_message = "deregistration_delay must be between 0 and 3600 seconds."
+  }
+}
+
+variable "enable_deletion_protection" {
+  description = "Protect the NLB from deletion (turn it off, apply, then `terraform destroy`)."
+  type        = bool
+  default     = true
+}
+
+variable "route53_zone_id" {
+  description = "Route53 hosted zone for an alias record to the NLB (with `route53_record_name`). Null: no record."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = (var.route53_zone_id == null) == (var.route53_record_name == null)
+    error_message = "Set both route53_zone_id and route53_record_name, or neither."
+  }
+}
+
+variable "route53_record_name" {
+  description = "Name of the alias record in `route53_zone_id` (e.g. `bastion` or `bastion.example.com`)."
+  type        = string
+  default     = null
+}
+
+################################################################################
+# Instances and Auto Scaling group
+################################################################################
+
+variable "instance_types" {
+  description = "Instance types the Auto Scaling group may launch, in order of preference (a mixed instances policy). Same architecture as `architecture`."
+  type        = list(string)
+  default     = ["t3.small", "t3a.small"]
+
+  validation {
+    condition     = length(var.instance_types) > 0 && length(var.instance_types) <= 20
+    error_message = "instance_types must list between 1 and 20 instance types."
+  }
+}
+
+variable "architecture" {
+  description = "CPU architecture of the default AMI (Amazon Linux 2023) and of the bastion artifact: `x86_64` or `arm64`."
+  type        = string
+  default     = "x86_64"
+
+  validation {
+    condition     = contains(["x86_64", "arm64"], var.architecture)
+    error_message = "architecture must be x86_64 or arm64."
+  }
+}
+
+variable "ami_id" {
+  description = "AMI of the instances. Default: the latest Amazon Linux 2023 (from the public SSM parameter). With `docker_image` it must be an AMI with Docker installed (e.g. the ECS-optimized Amazon Linux 2023 AMI). The user data needs bash, curl, systemd and the AWS CLI."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.ami_id == null || can(regex("^ami-[0-9a-f]+$", var.ami_id))
+    error_message = "ami_id must be an AMI id (ami-…)."
+  }
+}
+
+variable "key_name" {
+  description = "EC2 key pair for the instances. Default none: use SSM Session Manager (`attach_ssm_policy`) to break glass."
+  type        = string
+  default     = null
+}
+
+variable "attach_ssm_policy" {
+  description = "Attach AmazonSSMManagedInstanceCore to the instance role, for break-glass access with SSM Session Manager."
+  type        = bool
+  default     = true
+}
+
+variable "root_volume_size" {
+  description = "Size of the (encrypted) root volume in GiB. Null: the AMI's size."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.root_volume_size == null || try(var.root_volume_size >= 4 && var.root_volume_size <= 1024, false)
+    error_message = "root_volume_size must be between 4 and 1024 GiB."
+  }
+}
+
+variable "root_device_name" {
+  description = "Device name of the AMI's root volume (`/dev/xvda` for Amazon Linux)."
+  type        = string
+  default     = "/dev/xvda"
+}
+
+variable "ebs_kms_key_arn" {
+  description = "KMS key encrypting the root volume. Null: the account's default EBS key."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.ebs_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/(mrk-)?[0-9a-f-]+$", coalesce(var.ebs_kms_key_arn, "-")))
+    error_message = "ebs_kms_key_arn must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)."
+  }
+}
+
+variable "enable_monitoring" {
+  description = "Detailed (1-minute) CloudWatch monitoring of the instances."
+  type        = bool
+  default     = true
+}
+
+variable "min_size" {
+  description = "Minimum number of instances."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.min_size >= 0 && var.min_size <= var.max_size
+    error_message = "min_size must be between 0 and max_size."
+  }
+}
+
+variable "max_size" {
+  description = "Maximum number of instances."
+  type        = number
+  default     = 4
+
+  validation {
+    condition     = var.max_size >= 1 && var.max_size <= 100
+    error_message = "max_size must be between 1 and 100."
+  }
+}
+
+variable "desired_capacity" {
+  description = "Number of instances to run (between `min_size` and `max_size`)."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.desired_capacity >= var.min_size && var.desired_capacity <= var.max_size
+    error_message = "desired_capacity must be between min_size and max_size."
+  }
+}
+
+variable "on_demand_base_capacity" {
+  description = "Instances that are always On-Demand, before `on_demand_percentage_above_base_capacity` applies."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.on_demand_base_capacity >= 0
+    error_message = "on_demand_base_capacity must not be negative."
+  }
+}
+
+variable "on_demand_percentage_above_base_capacity" {
+  description = "Percentage of instances above the base that are On-Demand; the rest are Spot. 100 (the default): no Spot. Spot interruptions cut live sessions after a two-minute warning."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.on_demand_percentage_above_base_capacity >= 0 && var.on_demand_percentage_above_base_capacity <= 100
+    error_message = "on_demand_percentage_above_base_capacity must be between 0 and 100."
+  }
+}
+
+variable "spot_allocation_strategy" {
+  description = "How Spot instances are chosen among `instance_types`."
+  type        = string
+  default     = "price-capacity-optimized"
+
+  validation {
+    condition     = contains(["price-capacity-optimized", "capacity-optimized", "capacity-optimized-prioritized", "lowest-price"], var.spot_allocation_strategy)
+    error_message = "spot_allocation_strategy must be price-capacity-optimized, capacity-optimized, capacity-optimized-prioritized or lowest-price."
+  }
+}
+
+variable "health_check_grace_period" {
+  description = "Seconds after an instance starts before the Auto Scaling group acts on its load balancer health (boot, artifact download, first health check)."
+  type        = number
+  default     = 180
+
+  validation {
+    condition     = var.health_check_grace_period >= 0 && var.health_check_grace_period <= 7200
+    error_message = "health_check_grace_period must be between 0 and 7200 seconds."
+  }
+}
+
+variable "instance_refresh" {
+  description = "Rolling instance refresh when the launch template changes: the share of the group kept healthy (`min_healthy_percentage`) and the most it may grow to (`max_healthy_percentage`; above 100 new instances are launched before old ones drain)."
+  type = object({
+    min_healthy_percentage = optional(number, 100)
+    max_healthy_percentage = optional(number, 200)
+  })
+  default = {}
+
+  validation {
+    condition = (
+      var.instance_refresh.min_healthy_percentage >= 0 && var.instance_refresh.min_healthy_percentage <= 100 &&
+      var.instance_refresh.max_healthy_percentage >= 100 && var.instance_refresh.max_healthy_percentage <= 200 &&
+      var.instance_refresh.max_healthy_percentage - var.instance_refresh.min_healthy_percentage <= 100
+    )
+    error_message = "instance_refresh: min_healthy_percentage 0-100, max_healthy_percentage 100-200, at most 100 apart."
+  }
+}
+
+################################################################################
+# The bastion: artifact
+################################################################################
+
+variable "bastion_binary_url" {
+  description = "Where instances fetch the `bastion` binary at boot: `https://…` or `s3://bucket/key` (the instance role gets `s3:GetObject` on it). Verified against `bastion_binary_sha256` before it is installed. Exactly one of this and `docker_image`."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.bastion_binary_url == null || can(regex("^(https://[A-Za-z0-9.-]+(:[0-9]+)?/|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/)[A-Za-z0-9._~/%+=@-]+$", var.bastion_binary_url))
+    error_message = "bastion_binary_url must be an https:// or s3://bucket/key URL (letters, digits and ._~/%+=@- in the path; no query string)."
+  }
+
+  validation {
+    condition     = (var.bastion_binary_url == null) != (var.docker_image == null)
+    error_message = "Set exactly one of bastion_binary_url (with bastion_binary_sha256) and docker_image."
+  }
+}
+
+variable "bastion_binary_sha256" {
+  description = "SHA-256 of the binary at `bastion_binary_url` (64 hex digits, `sha256sum` output). A mismatch aborts the boot."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.bastion_binary_sha256 == null || can(regex("^[0-9a-f]{64}$", var.bastion_binary_sha256))
+    error_message = "bastion_binary_sha256 must be 64 lowercase hex digits."
+  }
+
+  validation {
+    condition     = (var.bastion_binary_url == null) == (var.bastion_binary_sha256 == null)
+    error_message = "bastion_binary_sha256 is required with bastion_binary_url (and only with it)."
+  }
+}
+
+variable "docker_image" {
+  description = "Container image of the bastion (e.g. `123456789012.dkr.ecr.eu-west-1.amazonaws.com/bastion@sha256:…`; pin a digest). Needs an AMI with Docker (`ami_id`). An ECR image is pulled with the instance role (read access to that repository is granted). Exactly one of this and `bastion_binary_url`."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.docker_image == null || can(regex("^[a-z0-9][a-z0-9._-]*(:[0-9]+)?(/[a-z0-9._-]+)*(:[A-Za-z0-9._-]{1,128})?(@sha256:[0-9a-f]{64})?$", var.docker_image))
+    error_message = "docker_image must be an image reference (registry/repository:tag or @sha256:digest)."
+  }
+}
+
+################################################################################
+# The bastion: configuration (rendered into /etc/bastion/bastion.toml)
+################################################################################
+
+variable "iam_groups" {
+  description = "IAM groups whose users may log in (with the SSH keys they uploaded to IAM). An empty list means every IAM user of the account (or of the identity account, with `assume_role_arn`) who has an SSH key; say so explicitly."
+  type        = list(string)
+
+  validation {
+    condition     = alltrue([for g in var.iam_groups : can(regex("^[A-Za-z0-9+=,.@_-]{1,128}$", g))])
+    error_message = "iam_groups must be IAM group names (letters, digits and +=,.@_-, at most 128 characters)."
+  }
+}
+
+variable "assume_role_arn" {
+  description = "Cross-account IAM: the role in the identity account the bastion assumes to read IAM users, keys and groups (e.g. `arn:aws:iam::111111111111:role/bastion-key-reader`). The instance role then gets only `sts:AssumeRole` on it; create the role with the `identity_account_policies` output."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.assume_role_arn == null || can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$", var.assume_role_arn))
+    error_message = "assume_role_arn must be an IAM role ARN (arn:aws:iam::123456789012:role/NAME)."
+  }
+}
+
+variable "allow_rules" {
+  description = "The forwarding policy (`[[allow]]` rules): who (`principals`: IAM user names, `group:NAME`, or `*` for anyone authenticated) may reach what (`to`: `host:port`, `CIDR:port`, `*.domain:port`, port ranges `a-b`). Null: anyone authenticated may reach `egress_cidr_blocks` on `onward_ports`. An empty list allows no forwarding at all."
+  type = list(object({
+    principals = list(string)
+    to         = list(string)
+  }))
+  default = null
+
+  validation {
+    condition = var.allow_rules == null || alltrue([
+      for r in coalesce(var.allow_rules, []) : length(r.principals) > 0 && length(r.to) > 0 && alltrue([
+        for s in concat(r.principals, r.to) : can(regex("^[A-Za-z0-9*+=,.@_:/\\[\\]-]{1,256}$", s))
+      ])
+    ])
+    error_message = "Every allow rule needs at least one principal and one target, each without spaces, quotes or control characters."
+  }
+}
+
+variable "shutdown_grace_seconds" {
+  description = "How long a draining bastion lets live sessions run (`limits.shutdown_grace`) when its instance is scaled in or replaced. The termination lifecycle hook waits this long plus a margin."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.shutdown_grace_seconds == floor(var.shutdown_grace_seconds) && var.shutdown_grace_seconds >= 0 && var.shutdown_grace_seconds <= 6900
+    error_message = "shutdown_grace_seconds must be a whole number of seconds between 0 and 6900 (the lifecycle hook's heartbeat is at most 7200 s)."
+  }
+}
+
+variable "audit_dir" {
+  description = "Directory of the bastion's per-user audit trail on the instance (`audit.dir`)."
+  type        = string
+  default     = "/var/log/bastion"
+
+  validation {
+    condition     = can(regex("^/[A-Za-z0-9._/-]+$", var.audit_dir)) && !strcontains(var.audit_dir, "..")
+    error_message = "audit_dir must be an absolute path (letters, digits and ._/-)."
+  }
+}
+
+variable "log_level" {
+  description = "The bastion's log filter (`BASTION_LOG`), e.g. `info` or `bastion=debug,russh=warn`."
+  type        = string
+  default     = "info"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_=,:.-]+$", var.log_level))
+    error_message = "log_level must be a tracing filter such as info or bastion=debug,russh=warn."
+  }
+}
+
+variable "extra_user_data" {
+  description = "Shell commands appended to the instance's user data (bash, run as root after the bastion has been started)."
+  type        = string
+  default     = ""
+}
+
+################################################################################
+# Host key
+################################################################################
+
+variable "host_key_parameter_name" {
+  description = "An existing SSM SecureString parameter holding the OpenSSH private host key every instance presents. Null (the default): the module generates an ED25519 key once and stores it in `/<name>/host_ed25519_key`; that key is then also in the Terraform state."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.host_key_parameter_name == null || length(coalesce(var.host_key_parameter_name, "-")) <= 2048 && can(regex("^[A-Za-z0-9_./-]+$", coalesce(var.host_key_parameter_name, "-")))
+    error_message = "host_key_parameter_name must be an SSM parameter name (letters, digits and _.-/)."
+  }
+}
+
+variable "host_key_kms_key_arn" {
+  description = "With `host_key_parameter_name`: the customer managed KMS key its SecureString is encrypted with (the instance role gets `kms:Decrypt` on it through SSM). Null: the AWS managed key `aws/ssm`."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.host_key_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/(mrk-)?[0-9a-f-]+$", coalesce(var.host_key_kms_key_arn, "-")))
+    error_message = "host_key_kms_key_arn must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)."
+  }
+}
+
+variable "kms_key_arn" {
+  description = "KMS key ARN for what the module encrypts (the generated host key parameter and the log group; its key policy must let CloudWatch Logs use it for the log group). Null: the module creates one, with rotation, when it needs one."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/(mrk-)?[0-9a-f-]+$", coalesce(var.kms_key_arn, "-")))
+    error_message = "kms_key_arn must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)."
+  }
+}
+
+variable "kms_key_deletion_window_in_days" {
+  description = "Waiting period before the module's KMS key is deleted."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.kms_key_deletion_window_in_days >= 7 && var.kms_key_deletion_window_in_days <= 30
+    error_message = "kms_key_deletion_window_in_days must be between 7 and 30."
+  }
+}
+
+################################################################################
+# Logs
+################################################################################
+
+variable "create_log_group" {
+  description = "Create a KMS-encrypted CloudWatch Logs group `/<name>/audit` and let the instances write to it (for shipping the audit trail off the instance; the module does not install a shipper yet)."
+  type        = bool
+  default     = true
+}
+
+variable "log_retention_in_days" {
+  description = "Retention of the log group."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653, 0], var.log_retention_in_days)
+    error_message = "log_retention_in_days must be a value CloudWatch Logs accepts (e.g. 30, 90, 365, 731; 0 = never expire)."
+  }
+}

@@ -1,0 +1,584 @@
+"""The Terraform module (terraform/) and its examples.
+
+No provider plugin can be downloaded here, so `terraform init`, `validate` and
+`plan` of the module itself cannot run. What runs without providers is tested:
+
+- `terraform fmt` over the module and the examples;
+- checkov over the module (every skip justified in place);
+- the module's own variable validations (terraform/variables.tf, copied alone
+  into a temporary root module and planned with good and bad inputs);
+- the user data (templates/user-data.sh.tftpl) and the bastion configuration
+  it writes (templates/bastion.toml.tftpl), rendered by `terraform console`
+  for several input sets: shellcheck on the script and on the drain watcher
+  it installs, `bastion check-config` on the configuration, then the script
+  itself run as root in a private mount namespace (overlays on /etc,
+  /usr/local and /var/log) with curl, aws, docker, systemctl and logger
+  replaced by recording stand-ins, and the drain watcher run the same way;
+- the IAM policy the module mirrors from docs/iam/, and examples/ssh_config.
+
+A missing tool (terraform, shellcheck, checkov, unshare) fails the test.
+"""
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from harness import BASTION
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = ROOT / "terraform"
+TEMPLATES = MODULE / "templates"
+USER_DATA = TEMPLATES / "user-data.sh.tftpl"
+CONFIG_TEMPLATE = TEMPLATES / "bastion.toml.tftpl"
+CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
+
+SHA_OF_NOTHING = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def tool(name):
+    path = shutil.which(name)
+    assert path, f"{name} is not on PATH (tests/run installs or checks it)"
+    return path
+
+
+def tf_env(tmp_path):
+    cli = tmp_path / "terraformrc"
+    cli.write_text("")
+    return {**os.environ, "TF_CLI_CONFIG_FILE": str(cli), "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
+
+
+def run(cmd, **kw):
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    kw.setdefault("timeout", 300)
+    return subprocess.run(cmd, **kw)
+
+
+def words(text):
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------------------------
+# Static checks
+
+
+def test_terraform_fmt(tmp_path):
+    r = run([tool("terraform"), "fmt", "-check", "-recursive", "-diff", "terraform", "examples"],
+            cwd=ROOT, env=tf_env(tmp_path))
+    assert r.returncode == 0, f"terraform fmt wants changes:\n{r.stdout}{r.stderr}"
+
+
+def test_checkov_passes_and_every_skip_is_justified_in_place():
+    assert CHECKOV.exists(), f"{CHECKOV} is missing (tests/run creates .venv-checkov)"
+    # --skip-download: no call to Prisma Cloud (there is no network here, nor a need for it).
+    r = run([str(CHECKOV), "-d", "terraform", "--framework", "terraform", "--quiet", "--compact",
+             "--skip-download"], cwd=ROOT)
+    assert r.returncode == 0, f"checkov failed:\n{r.stdout}\n{r.stderr[-3000:]}"
+    assert re.search(r"Failed checks: 0\b", r.stdout), r.stdout
+    # No global suppression: no config file, every skip on its resource with a reason.
+    assert not list(MODULE.rglob(".checkov.y*ml"))
+    for tf in MODULE.rglob("*.tf"):
+        for line in tf.read_text().splitlines():
+            if "checkov:skip" in line:
+                assert re.fullmatch(r"\s*#checkov:skip=CKV2?_AWS_\d+:.{20,}", line), \
+                    f"{tf.name}: a skip without a check id and a reason: {line.strip()}"
+
+
+def test_key_reader_policy_is_the_documented_one():
+    assert (MODULE / "policies/key-reader-policy.json").read_bytes() == \
+        (ROOT / "docs/iam/key-reader-policy.json").read_bytes()
+    iam = (MODULE / "iam.tf").read_text()
+    for doc in ("assume-key-reader-policy.json", "key-reader-trust-policy.json"):
+        policy = json.loads((ROOT / "docs/iam" / doc).read_text())
+        for statement in policy["Statement"]:
+            assert f'"{statement["Sid"]}"' in iam, f"iam.tf does not mirror {doc} ({statement['Sid']})"
+
+
+def test_readme_documents_every_input_and_output():
+    readme = (MODULE / "README.md").read_text()
+    for path, kind in (("variables.tf", "variable"), ("outputs.tf", "output")):
+        text = (MODULE / path).read_text()
+        names = re.findall(rf'^{kind} "(\w+)"', text, re.M)
+        assert names
+        for name in names:
+            assert f"| `{name}` |" in readme, f"terraform/README.md does not document the {kind} {name}"
+        # ... and every one is typed (variables) and described.
+        for block in re.findall(rf'^{kind} "\w+" \{{\n(.*?)^\}}', text, re.S | re.M):
+            assert re.search(r"^  description\s*=", block, re.M), block[:200]
+            if kind == "variable":
+                assert re.search(r"^  type\s*=", block, re.M), block[:200]
+
+
+def test_example_ssh_config_jumps_through_the_bastion():
+    ssh = tool("ssh")
+    for host in ("10.0.3.17", "db1.internal"):
+        r = run([ssh, "-G", "-F", str(ROOT / "examples/ssh_config"), host])
+        assert r.returncode == 0, r.stderr
+        assert "proxyjump bastion" in r.stdout.splitlines(), r.stdout
+    r = run([ssh, "-G", "-F", str(ROOT / "examples/ssh_config"), "bastion"])
+    assert "hostname bastion.example.com" in r.stdout.splitlines()
+    assert not any(ln.startswith("proxyjump") for ln in r.stdout.splitlines())
+
+
+# --------------------------------------------------------------------------------------------
+# Variable validations: the module's variables.tf alone, planned (no provider is needed).
+
+GOOD = {
+    "vpc_id": "vpc-0123456789abcdef0",
+    "subnet_ids": ["subnet-0a", "subnet-0b"],
+    "lb_subnet_ids": ["subnet-0c", "subnet-0d"],
+    "allowed_cidr_blocks": ["203.0.113.0/24", "2001:db8::/32"],
+    "iam_groups": ["bastion-users"],
+    "bastion_binary_url": "https://releases.example.com/bastion/v1/bastion-x86_64",
+    "bastion_binary_sha256": SHA_OF_NOTHING,
+}
+
+VALIDATION_CASES = [
+    # (name, changes to GOOD (None removes), error fragment or None when valid)
+    ("good", {}, None),
+    ("s3 binary", {"bastion_binary_url": "s3://my-artifacts/bastion/bastion-x86_64"}, None),
+    ("docker instead of binary", {"bastion_binary_url": None, "bastion_binary_sha256": None,
+                                  "docker_image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/bastion@sha256:" + "a" * 64},
+     None),
+    ("internet on purpose", {"allowed_cidr_blocks": ["0.0.0.0/0", "::/0"], "allow_internet_ingress": True}, None),
+    ("whole IPv4 internet", {"allowed_cidr_blocks": ["10.0.0.0/8", "0.0.0.0/0"]}, "opens the SSH port to the whole internet"),
+    ("whole IPv6 internet", {"allowed_cidr_blocks": ["::/0"]}, "opens the SSH port to the whole internet"),
+    ("internet, spelled oddly", {"allowed_cidr_blocks": ["1.2.3.4/0"]}, "opens the SSH port to the whole internet"),
+    ("not a CIDR", {"allowed_cidr_blocks": ["10.0.0.0/33"]}, "valid CIDR block"),
+    ("no clients", {"allowed_cidr_blocks": []}, "at least one valid CIDR block"),
+    ("binary and image", {"docker_image": "bastion:1"}, "exactly one of bastion_binary_url"),
+    ("neither binary nor image", {"bastion_binary_url": None, "bastion_binary_sha256": None}, "exactly one of bastion_binary_url"),
+    ("binary without checksum", {"bastion_binary_sha256": None}, "bastion_binary_sha256 is required"),
+    ("bad checksum", {"bastion_binary_sha256": SHA_OF_NOTHING.upper()}, "64 lowercase hex digits"),
+    ("plain http", {"bastion_binary_url": "http://example.com/bastion"}, "https:// or s3://"),
+    ("url with a quote", {"bastion_binary_url": "https://example.com/b'$(reboot)"}, "https:// or s3://"),
+    ("bad role ARN", {"assume_role_arn": "arn:aws:iam::1:role/x"}, "must be an IAM role ARN"),
+    ("zone without a name", {"route53_zone_id": "Z123"}, "Set both route53_zone_id and route53_record_name"),
+    ("health port on the SSH port", {"health_port": 22}, "other than service_port"),
+    ("desired above max", {"desired_capacity": 5, "max_size": 4}, "desired_capacity must be between"),
+    ("allow rule with a quote", {"allow_rules": [{"principals": ["*"], "to": ['10.0.0.0/8:22"']}]}, "Every allow rule"),
+    ("allow rule without targets", {"allow_rules": [{"principals": ["*"], "to": []}]}, "Every allow rule"),
+    ("bad group name", {"iam_groups": ["ops team"]}, "must be IAM group names"),
+    ("grace beyond the hook", {"shutdown_grace_seconds": 7000}, "between 0 and 6900"),
+    ("refresh range too wide", {"instance_refresh": {"min_healthy_percentage": 50, "max_healthy_percentage": 200}},
+     "at most 100 apart"),
+    ("health checks from anywhere", {"health_check_cidr_blocks": ["0.0.0.0/0"]}, "not the whole internet"),
+    ("bad egress CIDR", {"egress_cidr_blocks": ["10.0.0.0/40"]}, "egress_cidr_blocks must be valid"),
+    ("bad onward port", {"onward_ports": [22, 70000]}, "between 1 and 65535"),
+    ("own KMS key", {"kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"}, None),
+    ("KMS alias for a key", {"kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:alias/bastion"}, "must be a KMS key ARN"),
+    ("supplied host key", {"host_key_parameter_name": "/shared/bastion/host_ed25519_key"}, None),
+    ("host key name with a space", {"host_key_parameter_name": "/shared/host key"}, "must be an SSM parameter name"),
+]
+
+
+@pytest.mark.parametrize("name,changes,error", VALIDATION_CASES, ids=[c[0] for c in VALIDATION_CASES])
+def test_variable_validation(tmp_path, name, changes, error):
+    work = tmp_path / "root"
+    work.mkdir()
+    shutil.copy(MODULE / "variables.tf", work / "variables.tf")
+    values = {k: v for k, v in {**GOOD, **changes}.items() if v is not None}
+    (work / "case.tfvars.json").write_text(json.dumps(values))
+    r = run([tool("terraform"), "plan", "-input=false", "-no-color", "-lock=false", "-var-file=case.tfvars.json"],
+            cwd=work, env=tf_env(tmp_path))
+    if error is None:
+        assert r.returncode == 0, f"{name}: rejected:\n{r.stdout}{r.stderr}"
+    else:
+        assert r.returncode != 0, f"{name}: accepted:\n{r.stdout}"
+        assert error in words(r.stderr), f"{name}: {error!r} not in:\n{r.stderr}"
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering the user data and the configuration
+
+
+def render(tmp_path, config_vars, user_data_vars):
+    """templatefile() the two templates as the module does (the configuration is
+    rendered first and handed to the user data), with `terraform console` in an
+    empty directory. The variables travel as base64 JSON, the result as base64."""
+    def b64(o):
+        return base64.b64encode(json.dumps(o).encode()).decode()
+
+    expr = (f'base64encode(templatefile("{USER_DATA}", merge(jsondecode(base64decode("{b64(user_data_vars)}")), '
+            f'{{ bastion_config = templatefile("{CONFIG_TEMPLATE}", jsondecode(base64decode("{b64(config_vars)}"))) }})))')
+    work = tmp_path / "console"
+    work.mkdir(exist_ok=True)
+    r = run([tool("terraform"), "console"], input=expr + "\n", cwd=work, env=tf_env(tmp_path))
+    assert r.returncode == 0, f"terraform console failed:\n{r.stderr}"
+    out = r.stdout.strip()
+    assert out.startswith('"') and out.endswith('"'), out[:300]
+    script = base64.b64decode(out[1:-1]).decode()
+    config = heredoc(script, "BASTION_TOML_END")
+    return script, config
+
+
+def heredoc(script, marker):
+    m = re.search(rf"<<'{marker}'\n(.*?\n){marker}\n", script, re.S)
+    assert m, f"no <<'{marker}' heredoc in the user data"
+    return m.group(1)
+
+
+def config_vars(**over):
+    v = {
+        "service_port": 22,
+        "health_port": 8080,
+        "proxy_protocol": False,
+        "host_key_ref": "ssm:/bastion/host_ed25519_key",
+        "iam_groups": ["bastion-users"],
+        "assume_role_arn": "",
+        "allow_rules": [{"principals": ["*"], "to": ["10.42.0.0/16:22"]}],
+        "audit_dir": "/var/log/bastion",
+        "shutdown_grace_seconds": 300,
+    }
+    v.update(over)
+    return v
+
+
+def user_data_vars(**over):
+    v = {
+        "binary_url": "",
+        "binary_sha256": "",
+        "docker_image": "",
+        "ecr_registry": "",
+        "ecr_region": "",
+        "service_port": 22,
+        "health_port": 8080,
+        "audit_dir": "/var/log/bastion",
+        "log_level": "info",
+        "asg_name": "bastion",
+        "lifecycle_hook_name": "bastion-drain",
+        "shutdown_grace_seconds": 300,
+        "stop_timeout_seconds": 330,
+        "extra_user_data": "",
+    }
+    v.update(over)
+    return v
+
+
+def test_the_module_passes_what_the_templates_use():
+    """The test renders the templates with the same variables main.tf hands them."""
+    main = (MODULE / "main.tf").read_text()
+    for template, names in (("bastion.toml.tftpl", config_vars()), ("user-data.sh.tftpl", user_data_vars())):
+        call = re.search(rf'templatefile\("\$\{{path.module\}}/templates/{re.escape(template)}", \{{(.*?)\n  \}}\)', main, re.S)
+        assert call, f"main.tf does not render {template}"
+        passed = set(re.findall(r"^\s*(\w+)\s*=", call.group(1), re.M))
+        expected = set(names) | ({"bastion_config"} if template.startswith("user-data") else set())
+        assert passed == expected, f"{template}: main.tf passes {sorted(passed)}, the test {sorted(expected)}"
+
+
+EXTRA = """\
+# Site hardening, appended by extra_user_data.
+echo "extra user data ran" >/etc/bastion/extra-ran
+"""
+
+RENDER_CASES = {
+    "binary over https": (
+        config_vars(),
+        user_data_vars(binary_url="https://releases.example.com/bastion/v1/bastion-x86_64", binary_sha256=SHA_OF_NOTHING),
+    ),
+    "binary from s3, proxy protocol, cross-account": (
+        config_vars(proxy_protocol=True, assume_role_arn="arn:aws:iam::111111111111:role/bastion-key-reader",
+                    service_port=2222, health_port=9090, shutdown_grace_seconds=600,
+                    allow_rules=[{"principals": ["group:ops"], "to": ["10.0.0.0/8:22", "*.internal:22"]},
+                                 {"principals": ["alice", "first.last.at.example.com"], "to": ["db.internal:5432", "10.1.2.3:8000-8100"]}]),
+        user_data_vars(binary_url="s3://my-artifacts/bastion/bastion-x86_64", binary_sha256=SHA_OF_NOTHING,
+                       service_port=2222, health_port=9090, shutdown_grace_seconds=600, stop_timeout_seconds=630),
+    ),
+    "docker from ECR, any IAM user, extra user data": (
+        config_vars(iam_groups=[]),
+        user_data_vars(docker_image="123456789012.dkr.ecr.eu-west-1.amazonaws.com/bastion@sha256:" + "a" * 64,
+                       ecr_registry="123456789012.dkr.ecr.eu-west-1.amazonaws.com", ecr_region="eu-west-1",
+                       extra_user_data=EXTRA, log_level="bastion=debug,russh=warn"),
+    ),
+    "docker from a registry, proxy protocol, no forwarding": (
+        config_vars(proxy_protocol=True, allow_rules=[], assume_role_arn="arn:aws:iam::111111111111:role/x"),
+        user_data_vars(docker_image="registry.example.com:5000/ops/bastion:1.2.3", extra_user_data=EXTRA),
+    ),
+}
+
+
+@pytest.fixture(params=list(RENDER_CASES), ids=list(RENDER_CASES))
+def rendered(request, tmp_path):
+    cfg, ud = RENDER_CASES[request.param]
+    script, config = render(tmp_path, cfg, ud)
+    return cfg, ud, script, config
+
+
+def shellcheck(path):
+    return run([tool("shellcheck"), "--shell=bash", "--severity=style", str(path)])
+
+
+def test_user_data_passes_shellcheck(rendered, tmp_path):
+    cfg, ud, script, _ = rendered
+    f = tmp_path / "user-data.sh"
+    f.write_text(script)
+    r = shellcheck(f)
+    assert r.returncode == 0, f"shellcheck on the user data:\n{r.stdout}"
+    # The drain watcher is written through a quoted heredoc, so check it on its own.
+    w = tmp_path / "bastion-drain-watcher"
+    w.write_text(heredoc(script, "DRAIN_WATCHER_END"))
+    r = shellcheck(w)
+    assert r.returncode == 0, f"shellcheck on the drain watcher:\n{r.stdout}"
+    assert script.startswith("#!/bin/bash\n") and "\nset -euo pipefail\n" in script
+    # EC2 takes at most 16 KiB of user data (before base64).
+    assert len(script.encode()) < 16384, len(script.encode())
+    if ud["extra_user_data"]:
+        assert script.rstrip().endswith(ud["extra_user_data"].rstrip()), script[-400:]
+    else:
+        assert "extra_user_data" not in script
+
+
+def test_rendered_config_passes_check_config(rendered, tmp_path):
+    cfg, _, _, config = rendered
+    f = tmp_path / "bastion.toml"
+    f.write_text(config)
+    assert BASTION.exists(), f"{BASTION} is missing (cargo build --release)"
+    r = run([str(BASTION), "check-config", "--config", str(f)])
+    assert r.returncode == 0, f"check-config exit {r.returncode}:\n{r.stderr}\n--- config ---\n{config}"
+    assert "configuration is valid" in r.stdout
+    # What the module's inputs mean is what the file says.
+    t = tomllib.loads(config)
+    assert t["listen"] == [f"0.0.0.0:{cfg['service_port']}"]
+    assert t["health_listen"] == f"0.0.0.0:{cfg['health_port']}"
+    assert t["proxy_protocol"] is cfg["proxy_protocol"]
+    assert t["host_keys"] == [cfg["host_key_ref"]]
+    (auth,) = t["auth"]
+    assert auth["type"] == "iam" and auth["groups"] == cfg["iam_groups"]
+    assert auth.get("assume_role_arn", "") == cfg["assume_role_arn"]
+    assert t.get("allow", []) == cfg["allow_rules"]
+    assert t["audit"]["dir"] == cfg["audit_dir"]
+    assert t["limits"]["shutdown_grace"] == f"{cfg['shutdown_grace_seconds']}s"
+
+
+def test_a_bad_allow_rule_fails_check_config(tmp_path):
+    """The check above can fail: an impossible target makes check-config exit 64."""
+    _, config = render(tmp_path, config_vars(allow_rules=[{"principals": ["*"], "to": ["10.0.0.0/33:22"]}]),
+                       user_data_vars(binary_url="https://example.com/bastion", binary_sha256=SHA_OF_NOTHING))
+    f = tmp_path / "bastion.toml"
+    f.write_text(config)
+    r = run([str(BASTION), "check-config", "--config", str(f)])
+    assert r.returncode == 64, f"exit {r.returncode}:\n{r.stderr}"
+    assert "allow[0].to[0]" in r.stderr and "10.0.0.0/33" in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Running the user data: as root, in a private mount namespace whose /etc, /usr/local and
+# /var/log are overlays (what the script writes lands in a temporary upper directory), with
+# recording stand-ins for the commands that would reach AWS, Docker, systemd or the journal.
+
+STUBS = {
+    "curl": r"""#!/bin/bash
+# curl stand-in: the instance metadata service, and downloads from $STUB_DOWNLOAD.
+out= url=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -o) out="$2"; shift 2 ;;
+    -H|-X|--retry|--proto) shift 2 ;;
+    -*) shift ;;
+    *) url="$1"; shift ;;
+  esac
+done
+echo "curl $url" >>"$STUB_LOG"
+case "$url" in
+  http://169.254.169.254/latest/api/token) echo token ;;
+  http://169.254.169.254/latest/meta-data/placement/region) echo eu-west-1 ;;
+  http://169.254.169.254/latest/meta-data/instance-id) echo i-0123456789abcdef0 ;;
+  http://169.254.169.254/latest/meta-data/autoscaling/target-lifecycle-state)
+    n=$(($(cat "$STUB_LOG.polls" 2>/dev/null || echo 0) + 1)); echo "$n" >"$STUB_LOG.polls"
+    if [ "$n" -ge "${STUB_TERMINATED_AFTER:-1}" ]; then echo Terminated; else echo InService; fi ;;
+  https://*) cp "$STUB_DOWNLOAD" "$out" ;;
+  *) exit 22 ;;
+esac
+""",
+    "aws": r"""#!/bin/bash
+echo "aws $*" >>"$STUB_LOG"
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  if [ "${args[i]}" = s3 ] && [ "${args[i+1]}" = cp ]; then cp "$STUB_DOWNLOAD" "${args[i+4]}"; fi
+  if [ "${args[i]}" = get-login-password ]; then echo password; fi
+done
+exit 0
+""",
+    "docker": r"""#!/bin/bash
+echo "docker $*" >>"$STUB_LOG"
+[ "$1" = login ] && cat >/dev/null
+exit 0
+""",
+    "systemctl": """#!/bin/bash\necho "systemctl $*" >>"$STUB_LOG"\n""",
+    "logger": """#!/bin/bash\necho "logger $*" >>"$STUB_LOG"\n""",
+}
+
+
+@pytest.fixture(autouse=True)
+def _drop_installed_binaries(tmp_path):
+    """The boots install a copy of the (large) bastion binary into their overlay: drop it
+    afterwards, so the temporary directories pytest keeps stay small."""
+    yield
+    for copy in tmp_path.glob("upper/usr/local/bin/bastion"):
+        copy.unlink()
+
+
+class Boot:
+    def __init__(self, tmp_path, script, download):
+        self.tmp = tmp_path
+        self.upper = tmp_path / "upper"
+        stubs = tmp_path / "stubs"
+        stubs.mkdir()
+        for name, text in STUBS.items():
+            (stubs / name).write_text(text)
+            (stubs / name).chmod(0o755)
+        self.log = tmp_path / "calls.log"
+        self.log.write_text("")
+        (tmp_path / "user-data.sh").write_text(script)
+        mounts = []
+        for d in ("etc", "usr/local", "var/log"):
+            up, work = self.upper / d, tmp_path / "work" / d
+            up.mkdir(parents=True)
+            work.mkdir(parents=True)
+            mounts.append(f"mount -t overlay overlay -o lowerdir=/{d},upperdir={up},workdir={work} /{d}")
+        inner = " && ".join(mounts + [f"exec bash {tmp_path / 'user-data.sh'}"])
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BASTION_"))}
+        env.update(PATH=f"{stubs}:{env['PATH']}", STUB_LOG=str(self.log), STUB_DOWNLOAD=str(download))
+        self.env = env
+        self.result = run([tool("unshare"), "--mount", "--propagation", "private", "bash", "-c", inner],
+                          env=env, timeout=120)
+        self.calls = self.log.read_text().splitlines()
+
+    def file(self, path):
+        return self.upper / path.lstrip("/")
+
+    def __str__(self):
+        return f"exit {self.result.returncode}\n--- stderr ---\n{self.result.stderr}\n--- calls ---\n" + "\n".join(self.calls)
+
+
+def boot_case(tmp_path, case, download):
+    cfg, ud = RENDER_CASES[case]
+    script, _ = render(tmp_path, cfg, ud)
+    return Boot(tmp_path, script, download), cfg, ud
+
+
+def real_binary():
+    assert BASTION.exists(), f"{BASTION} is missing (cargo build --release)"
+    return BASTION
+
+
+def sha256(path):
+    return run(["sha256sum", str(path)]).stdout.split()[0]
+
+
+@pytest.mark.parametrize("case", ["binary over https", "binary from s3, proxy protocol, cross-account"])
+def test_boot_installs_the_verified_binary_and_starts_it(tmp_path, case):
+    binary = real_binary()
+    cfg, ud = RENDER_CASES[case]
+    ud = {**ud, "binary_sha256": sha256(binary)}
+    script, config = render(tmp_path, cfg, ud)
+    b = Boot(tmp_path, script, binary)
+    assert b.result.returncode == 0, str(b)
+    installed = b.file("/usr/local/bin/bastion")
+    assert installed.read_bytes() == binary.read_bytes()
+    assert installed.stat().st_mode & 0o777 == 0o755
+    assert b.file("/etc/bastion/bastion.toml").read_text() == config
+    assert b.file("/etc/bastion/bastion.toml").stat().st_mode & 0o777 == 0o600
+    assert b.file(ud["audit_dir"]).is_dir()
+    # Fetched the way the URL says, with the instance's region for S3.
+    if ud["binary_url"].startswith("s3://"):
+        assert f"aws --region eu-west-1 s3 cp --only-show-errors {ud['binary_url']} " in "\n".join(b.calls)
+    else:
+        assert f"curl {ud['binary_url']}" in b.calls
+    unit = b.file("/etc/systemd/system/bastion.service").read_text()
+    assert "ExecStart=/usr/local/bin/bastion serve --config /etc/bastion/bastion.toml" in unit
+    assert "KillMode=mixed" in unit and "Environment=AWS_REGION=eu-west-1" in unit
+    assert f"TimeoutStopSec={ud['stop_timeout_seconds']}" in unit
+    assert ud["stop_timeout_seconds"] > ud["shutdown_grace_seconds"]
+    assert "systemctl enable --now bastion.service" in b.calls
+    assert "systemctl enable --now bastion-drain-watcher.service" in b.calls
+    envfile = b.file("/etc/bastion/drain-watcher.env").read_text().splitlines()
+    assert envfile == ["AWS_REGION=eu-west-1", f"ASG_NAME={ud['asg_name']}",
+                       f"LIFECYCLE_HOOK={ud['lifecycle_hook_name']}", "BASTION_UNIT=bastion.service"]
+    # No call reached anything but the stand-ins' IMDS and the artifact.
+    assert not [c for c in b.calls if c.startswith("docker")]
+
+
+def test_boot_refuses_a_binary_whose_checksum_differs(tmp_path):
+    evil = tmp_path / "evil"
+    evil.write_bytes(b"#!/bin/sh\necho pwned\n")
+    b, cfg, ud = boot_case(tmp_path, "binary over https", evil)
+    assert b.result.returncode != 0, str(b)
+    assert "SHA-256 mismatch" in b.result.stderr and SHA_OF_NOTHING in b.result.stderr, str(b)
+    assert sha256(evil) in b.result.stderr and "refusing to install it" in b.result.stderr
+    assert not b.file("/usr/local/bin/bastion").exists()
+    assert not b.file("/etc/systemd/system/bastion.service").exists()
+    assert not [c for c in b.calls if c.startswith("systemctl")], str(b)
+
+
+@pytest.mark.parametrize("case", ["docker from ECR, any IAM user, extra user data",
+                                  "docker from a registry, proxy protocol, no forwarding"])
+def test_boot_runs_the_container(tmp_path, case):
+    b, cfg, ud = boot_case(tmp_path, case, tmp_path / "nothing")
+    assert b.result.returncode == 0, str(b)
+    calls = "\n".join(b.calls)
+    if ud["ecr_registry"]:
+        assert f"aws --region eu-west-1 ecr get-login-password" in calls
+        assert f"docker login --username AWS --password-stdin {ud['ecr_registry']}" in calls
+    else:
+        assert "docker login" not in calls
+    assert f"docker pull --quiet {ud['docker_image']}" in calls
+    assert "systemctl enable --now docker.service" in b.calls
+    wrapper = b.file("/usr/local/libexec/bastion-container")
+    r = shellcheck(wrapper)
+    assert r.returncode == 0, r.stdout
+    text = wrapper.read_text()
+    for flag in ("--cap-add SYS_ADMIN", "--security-opt seccomp=unconfined", "--security-opt apparmor=unconfined",
+                 "--network host", "--volume /etc/bastion:/etc/bastion:ro",
+                 f"--env BASTION_LISTEN=0.0.0.0:{ud['service_port']}", "--env AWS_REGION=eu-west-1"):
+        assert flag in text, f"{flag!r} not in {text}"
+    assert text.rstrip().endswith(f"{ud['docker_image']} serve --config /etc/bastion/bastion.toml")
+    unit = b.file("/etc/systemd/system/bastion.service").read_text()
+    assert "ExecStart=/usr/local/libexec/bastion-container" in unit
+    assert f"stop --time {ud['shutdown_grace_seconds'] + 15} bastion" in unit
+    assert f"TimeoutStopSec={ud['stop_timeout_seconds']}" in unit
+    # extra_user_data ran last, after the services were started.
+    assert b.file("/etc/bastion/extra-ran").read_text() == "extra user data ran\n"
+
+
+def test_boot_without_docker_says_so(tmp_path):
+    cfg, ud = RENDER_CASES["docker from a registry, proxy protocol, no forwarding"]
+    script, _ = render(tmp_path, cfg, ud)
+    # The same script, where `command -v docker` finds nothing.
+    script = script.replace("command -v docker >/dev/null ||", "false ||", 1)
+    b = Boot(tmp_path, script, tmp_path / "nothing")
+    assert b.result.returncode != 0
+    assert "this AMI has no Docker" in b.result.stderr, str(b)
+
+
+def test_drain_watcher_stops_the_bastion_then_completes_the_hook(tmp_path):
+    binary = real_binary()
+    cfg, ud = RENDER_CASES["binary over https"]
+    script, _ = render(tmp_path, cfg, {**ud, "binary_sha256": sha256(binary)})
+    b = Boot(tmp_path, script, binary)
+    assert b.result.returncode == 0, str(b)
+    watcher = b.file("/usr/local/libexec/bastion-drain-watcher")
+    assert watcher.stat().st_mode & 0o777 == 0o755
+    unit = b.file("/etc/systemd/system/bastion-drain-watcher.service").read_text()
+    assert "EnvironmentFile=/etc/bastion/drain-watcher.env" in unit
+    env = dict(line.split("=", 1) for line in b.file("/etc/bastion/drain-watcher.env").read_text().splitlines())
+    b.log.write_text("")
+    # In service for one poll, then Terminated.
+    r = run([str(watcher)], env={**b.env, **env, "STUB_TERMINATED_AFTER": "2"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    calls = b.log.read_text().splitlines()
+    polls = [c for c in calls if c.endswith("/target-lifecycle-state")]
+    assert len(polls) == 2, calls
+    stop = calls.index("systemctl stop bastion.service")
+    complete = next(i for i, c in enumerate(calls) if "complete-lifecycle-action" in c)
+    assert stop < complete, calls
+    assert calls[complete] == (
+        "aws --region eu-west-1 autoscaling complete-lifecycle-action --auto-scaling-group-name bastion "
+        "--lifecycle-hook-name bastion-drain --instance-id i-0123456789abcdef0 --lifecycle-action-result CONTINUE")
