@@ -94,10 +94,12 @@ data "aws_iam_policy_document" "this" {
     for_each = var.create_log_group ? [1] : []
     content {
       sid = "WriteTheAuditLogGroup"
+      # GetLogEvents: after a restart the shipper compares a stream's tail, so
+      # nothing is delivered twice.
       actions = [
         "logs:CreateLogStream",
         "logs:PutLogEvents",
-        "logs:DescribeLogStreams",
+        "logs:GetLogEvents",
       ]
       resources = ["${aws_cloudwatch_log_group.this[0].arn}:*"]
     }

@@ -69,6 +69,7 @@ locals {
     assume_role_arn        = var.assume_role_arn == null ? "" : var.assume_role_arn
     allow_rules            = local.allow_rules
     audit_dir              = var.audit_dir
+    cloudwatch_log_group   = var.create_log_group ? local.log_group_name : ""
     shutdown_grace_seconds = var.shutdown_grace_seconds
   })
 

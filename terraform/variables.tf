@@ -567,7 +567,7 @@ variable "kms_key_deletion_window_in_days" {
 ################################################################################
 
 variable "create_log_group" {
-  description = "Create a KMS-encrypted CloudWatch Logs group `/<name>/audit` and let the instances write to it (for shipping the audit trail off the instance; the module does not install a shipper yet)."
+  description = "Create a KMS-encrypted CloudWatch Logs group `/<name>/audit` and ship the audit trail to it (one stream per user, from the bastion's local spool; see Audit trail in the bastion README)."
   type        = bool
   default     = true
 }

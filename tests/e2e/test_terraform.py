@@ -235,6 +235,7 @@ def config_vars(**over):
         "assume_role_arn": "",
         "allow_rules": [{"principals": ["*"], "to": ["10.42.0.0/16:22"]}],
         "audit_dir": "/var/log/bastion",
+        "cloudwatch_log_group": "/bastion/audit",
         "shutdown_grace_seconds": 300,
     }
     v.update(over)
@@ -292,7 +293,7 @@ RENDER_CASES = {
                        service_port=2222, health_port=9090, shutdown_grace_seconds=600, stop_timeout_seconds=630),
     ),
     "docker from ECR, any IAM user, extra user data": (
-        config_vars(iam_groups=[]),
+        config_vars(iam_groups=[], cloudwatch_log_group=""),
         user_data_vars(docker_image="123456789012.dkr.ecr.eu-west-1.amazonaws.com/bastion@sha256:" + "a" * 64,
                        ecr_registry="123456789012.dkr.ecr.eu-west-1.amazonaws.com", ecr_region="eu-west-1",
                        extra_user_data=EXTRA, log_level="bastion=debug,russh=warn"),
@@ -354,6 +355,7 @@ def test_rendered_config_passes_check_config(rendered, tmp_path):
     assert auth.get("assume_role_arn", "") == cfg["assume_role_arn"]
     assert t.get("allow", []) == cfg["allow_rules"]
     assert t["audit"]["dir"] == cfg["audit_dir"]
+    assert t["audit"].get("cloudwatch_log_group", "") == cfg["cloudwatch_log_group"]
     assert t["limits"]["shutdown_grace"] == f"{cfg['shutdown_grace_seconds']}s"
 
 
