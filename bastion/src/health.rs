@@ -70,6 +70,8 @@ pub struct Metrics {
     pub dropped: AtomicU64,
     /// (source, result) -> count; source is `iam`, `file`, `command` or `none`.
     pub auth: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// (source, reason kind) -> refused logins.
+    pub refusals: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// decision (`allowed`, `denied`, `failed`) -> count.
     pub forwards: Mutex<BTreeMap<&'static str, u64>>,
     pub bytes_in: AtomicU64,
@@ -84,6 +86,13 @@ impl Metrics {
         let kind = source.split(':').next().unwrap_or("none").to_string();
         if let Ok(mut m) = self.auth.lock() {
             *m.entry((kind, result)).or_default() += 1;
+        }
+    }
+
+    pub fn refusal(&self, source: &str, kind: &'static str) {
+        let source = source.split(':').next().unwrap_or("none").to_string();
+        if let Ok(mut m) = self.refusals.lock() {
+            *m.entry((source, kind)).or_default() += 1;
         }
     }
 
@@ -170,6 +179,16 @@ fn render(shared: &Shared) -> String {
         "counter",
         auth.into_iter()
             .map(|((s, r), v)| (format!("{{source=\"{s}\",result=\"{r}\"}}"), v))
+            .collect(),
+    );
+    let refusals = m.refusals.lock().map(|a| a.clone()).unwrap_or_default();
+    counter(
+        "bastion_auth_refusals_total",
+        "Refused logins, by key source and reason.",
+        "counter",
+        refusals
+            .into_iter()
+            .map(|((s, r), v)| (format!("{{source=\"{s}\",reason=\"{r}\"}}"), v))
             .collect(),
     );
     let fwd = m.forwards.lock().map(|a| a.clone()).unwrap_or_default();

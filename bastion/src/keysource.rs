@@ -55,6 +55,11 @@ pub enum Lookup {
         /// The kind of the last source that had something to say (`file`,
         /// `command`, `iam`), for the metrics.
         source: Option<&'static str>,
+        /// Why, in one of a few words, for the metrics: `unknown_login`,
+        /// `key_not_authorized`, `key_restricted` (known key, but expired, `from=`,
+        /// inactive, not in the group…), `source_error` (a source could not answer),
+        /// `invalid_login`.
+        kind: &'static str,
     },
 }
 
@@ -216,10 +221,12 @@ impl KeySources {
         let mut audit: AuditFields = Vec::new();
         let mut reasons: Vec<String> = Vec::new();
         let mut answered: Option<&'static str> = None;
+        let (mut failed, mut restricted) = (false, false);
         for source in &self.sources {
             let (text, origin) = match source.keys_for(login, key, &fingerprint).await {
                 Answer::Unknown => continue,
                 Answer::Failed(why) => {
+                    failed = true;
                     answered = Some(source.kind());
                     tracing::warn!(login, error = %why, "key source failed");
                     reasons.push(why);
@@ -232,6 +239,7 @@ impl KeySources {
                     audit: fields,
                     ..
                 }) => {
+                    restricted = true;
                     answered = Some(source.kind());
                     reasons.push(reason);
                     principal = principal.or(p);
@@ -261,6 +269,7 @@ impl KeySources {
                         "key {fingerprint} expired at {when} ({origin} line {})",
                         entry.line
                     ));
+                    restricted = true;
                     continue;
                 }
                 if !entry.options.from_allows(peer) {
@@ -269,6 +278,7 @@ impl KeySources {
                         entry.options.from.as_deref().unwrap_or(""),
                         entry.line
                     ));
+                    restricted = true;
                     continue;
                 }
                 return Lookup::Authorized(Authorized {
@@ -288,11 +298,21 @@ impl KeySources {
             format!("no key source knows the login {login}")
         };
         let known = known_login || !reasons.is_empty();
+        let kind = if restricted {
+            "key_restricted"
+        } else if failed {
+            "source_error"
+        } else if known_login {
+            "key_not_authorized"
+        } else {
+            "unknown_login"
+        };
         Lookup::Denied {
             reason,
             principal: principal.or_else(|| known.then(|| login.to_string())),
             audit,
             source: answered,
+            kind,
         }
     }
 }
@@ -374,6 +394,7 @@ async fn iam_decide<A: iam::IamApi>(
             principal: Some(user.name.clone()),
             audit,
             source: Some("iam"),
+            kind: "key_restricted",
         })
     };
     let required = &src.settings().groups;
@@ -575,9 +596,13 @@ mod tests {
         ));
         match sources.authorize("bob", &key, ip).await {
             Lookup::Denied {
-                reason, principal, ..
+                reason,
+                principal,
+                kind,
+                ..
             } => {
                 assert_eq!(principal, None);
+                assert_eq!(kind, "unknown_login");
                 assert!(reason.contains("no key source knows"), "{reason}");
             }
             other => panic!("{other:?}"),
@@ -589,9 +614,13 @@ mod tests {
         .unwrap();
         match sources.authorize("carol", &key, ip).await {
             Lookup::Denied {
-                reason, principal, ..
+                reason,
+                principal,
+                kind,
+                ..
             } => {
                 assert_eq!(principal.as_deref(), Some("carol"));
+                assert_eq!(kind, "key_restricted");
                 assert!(reason.contains("expired"), "{reason}");
             }
             other => panic!("{other:?}"),

@@ -775,6 +775,7 @@ async fn authenticate(ctx: &SessionCtx, login: &str, key_line: &str, pid: i32) -
                 principal: None,
                 audit: Vec::new(),
                 source: None,
+                kind: "invalid_login",
             },
             trail_name(None),
         ),
@@ -794,9 +795,11 @@ async fn authenticate(ctx: &SessionCtx, login: &str, key_line: &str, pid: i32) -
             reason,
             audit,
             source,
+            kind,
             ..
         } => {
             shared.metrics.auth(source.unwrap_or("none"), "refused");
+            shared.metrics.refusal(source.unwrap_or("none"), kind);
             tracing::info!(login, key_fp = %fp, reason = %reason, "authentication refused");
             let mut ev = base(&trail).with("success", false).with("reason", reason);
             for (k, v) in audit {

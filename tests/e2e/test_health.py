@@ -55,6 +55,7 @@ def test_healthz_and_metrics_never_call_aws(env, bastion, iam, iam_proxy, sshd_t
     assert status == 200
     assert metric(text, "bastion_auth_total", '{source="iam",result="accepted"}') == 2
     assert metric(text, "bastion_auth_total", '{source="iam",result="refused"}') >= 1
+    assert metric(text, "bastion_auth_refusals_total", '{source="iam",reason="source_error"}') >= 1
     assert metric(text, "bastion_iam_lookups_total", '{answer="fresh"}') == 1
     assert metric(text, "bastion_iam_lookups_total", '{answer="cached"}') == 1
     assert metric(text, "bastion_iam_lookups_total", '{answer="outage"}') >= 1
