@@ -24,11 +24,13 @@ done
 
 args=(-f docker/Dockerfile --build-arg "BASE=$base" -t "$tag")
 if [ "$prebuilt" = 1 ]; then
-  [ -x target/release/bastion ] || { echo "build.sh: target/release/bastion is missing: cargo build --release first" >&2; exit 1; }
   mkdir -p target/docker
-  # Debug line tables are for profiling on the host, not for the image.
-  objcopy --strip-debug target/release/bastion target/docker/bastion.tmp
-  mv target/docker/bastion.tmp target/docker/bastion
+  for bin in bastion bastion-worker; do
+    [ -x "target/release/$bin" ] || { echo "build.sh: target/release/$bin is missing: cargo build --release first" >&2; exit 1; }
+    # Debug line tables are for profiling on the host, not for the image.
+    objcopy --strip-debug "target/release/$bin" "target/docker/$bin.tmp"
+    mv "target/docker/$bin.tmp" "target/docker/$bin"
+  done
   args+=(--target prebuilt)
 fi
 docker build -q "${args[@]}" . >/dev/null

@@ -860,7 +860,7 @@ fn announce(
         .map(|r| format!("{} -> {}", r.principals.join(","), r.to.join(", ")))
         .collect();
     tracing::info!(listen = ?listen, host_keys = ?fingerprints, key_sources = ?sources, forwarding = ?rules,
-        audit_dir = %cfg.audit.dir.display(), sandbox = cfg.sandbox.enabled, version = env!("CARGO_PKG_VERSION"), "bastion listening");
+        audit_dir = %cfg.audit.dir.display(), sandbox = cfg.sandbox.enabled, worker = %shared.worker_exe(), version = env!("CARGO_PKG_VERSION"), "bastion listening");
     if let Some(dev) = dev {
         eprintln!("bastion {} in development mode", env!("CARGO_PKG_VERSION"));
         eprintln!("  listening on      {}", listen.join(", "));
@@ -954,7 +954,8 @@ fn trial_worker(
         c"worker".to_owned(),
         c"selftest".to_owned(),
     ];
-    let spawned = sandbox::spawn_worker(c"/proc/self/exe", &argv, &client, &theirs, true)
+    let exe = sandbox::WorkerExe::locate();
+    let spawned = sandbox::spawn_worker(&exe.path, &argv, &client, &theirs, true)
         .map_err(|e| e.to_string())?;
     drop(theirs);
     let init = WorkerInit {

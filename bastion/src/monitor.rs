@@ -72,7 +72,7 @@ pub struct Shared {
     pub metrics: crate::health::Metrics,
     /// PROXY protocol headers being awaited (at most `max_startups`).
     proxy_headers: Arc<tokio::sync::Semaphore>,
-    exe: CString,
+    exe: sandbox::WorkerExe,
     root_dir: String,
     admission: Mutex<Admission>,
 }
@@ -156,7 +156,7 @@ impl Shared {
             log_json,
             metrics: crate::health::Metrics::default(),
             proxy_headers: Arc::new(tokio::sync::Semaphore::new(max_startups)),
-            exe: CString::from(c"/proc/self/exe"),
+            exe: sandbox::WorkerExe::locate(),
             root_dir,
             admission: Mutex::new(Admission {
                 unauth: 0,
@@ -217,6 +217,11 @@ impl Shared {
     }
 
     /// Creates the empty directory workers mount their root on.
+    /// Which program workers run, for the start-up log.
+    pub fn worker_exe(&self) -> &str {
+        &self.exe.describe
+    }
+
     pub fn prepare_runtime_dir(&self) -> Result<(), MonitorError> {
         use std::os::unix::fs::DirBuilderExt;
         let err = |source| MonitorError::RuntimeDir {
@@ -580,7 +585,7 @@ async fn start_worker(
         CString::new(sid).unwrap_or_default(),
     ];
     let enabled = shared.config.sandbox.enabled;
-    let spawned = match sandbox::spawn_worker(&shared.exe, &argv, &socket, &theirs, enabled) {
+    let spawned = match sandbox::spawn_worker(&shared.exe.path, &argv, &socket, &theirs, enabled) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a worker");

@@ -551,6 +551,56 @@ pub fn preflight() -> Result<(), String> {
     Ok(())
 }
 
+/// The program workers run: `bastion-worker` next to this binary when it is
+/// there (a small binary without the AWS SDK: less to map and relocate, so
+/// less memory per session and a faster start), else this binary itself.
+/// Opened once (`O_PATH`) and executed through `/proc/self/fd/N`, so that
+/// replacing the files on disk (an upgrade) never mixes versions.
+pub struct WorkerExe {
+    /// What to pass to `execve`.
+    pub path: std::ffi::CString,
+    /// Keeps the opened binary alive.
+    _file: Option<OwnedFd>,
+    /// Which file it is, for the log.
+    pub describe: String,
+}
+
+impl WorkerExe {
+    pub fn locate() -> WorkerExe {
+        let candidate = std::env::current_exe()
+            .ok()
+            .map(|p| p.with_file_name("bastion-worker"));
+        if let Some(path) = candidate {
+            let opened = nix::fcntl::open(
+                &path,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            );
+            if let Ok(fd) = opened {
+                let executable = nix::sys::stat::fstat(&fd).is_ok_and(|st| {
+                    st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & 0o111 != 0
+                });
+                if executable {
+                    if let Ok(c) =
+                        std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                    {
+                        return WorkerExe {
+                            path: c,
+                            _file: Some(fd),
+                            describe: path.display().to_string(),
+                        };
+                    }
+                }
+            }
+        }
+        WorkerExe {
+            path: std::ffi::CString::from(c"/proc/self/exe"),
+            _file: None,
+            describe: "this binary (bastion-worker not found next to it)".into(),
+        }
+    }
+}
+
 /// Are we in a container (Docker, Podman)? Only used to word hints.
 pub fn in_container() -> bool {
     Path::new("/.dockerenv").exists() || Path::new("/run/.containerenv").exists()

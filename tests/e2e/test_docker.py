@@ -92,6 +92,11 @@ class World:
         name = self.name("target")
         docker("run", "-d", "--name", name, "--network", self.private, "--network-alias", "target",
                "-v", f"{ak}:/root/.ssh/authorized_keys:ro", TESTHOST)
+        # sshd generates its host keys first: wait until it listens.
+        deadline = time.monotonic() + 60
+        while "Server listening" not in self.logs(name):
+            assert time.monotonic() < deadline, f"the target's sshd did not start:\n{self.logs(name)}"
+            time.sleep(0.2)
         return name
 
     def bastion_config(self, allow_to: list[str]) -> Path:

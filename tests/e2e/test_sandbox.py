@@ -39,6 +39,9 @@ def test_live_worker_is_confined(env):
                       "cap_eff": "0000000000000000", "netns_isolated": True, "mntns_isolated": True, "pidns_isolated": True}
         # The worker sees an empty root: no host files at all.
         assert os.listdir(f"/proc/{pid}/root") == []
+        # It runs the small bastion-worker binary (no AWS SDK), not the monitor's.
+        exe, small = os.stat(f"/proc/{pid}/exe"), os.stat(BASTION.with_name("bastion-worker"))
+        assert (exe.st_dev, exe.st_ino) == (small.st_dev, small.st_ino), "the worker is not bastion-worker"
     assert len(uids) == 2, "concurrent workers run under different uids"
     for s in sessions:
         assert s.wait(timeout=30) == 0
@@ -59,3 +62,16 @@ def test_sandbox_off_is_announced_and_recorded(env):
     assert env.jump("alice", bastion, target, "echo ok").stdout.strip() == "ok"
     start = bastion.wait_event(lambda e: e["event"] == "session.start", trail="alice")
     assert start["sandbox"]["enabled"] is False
+
+
+def test_a_lone_bastion_binary_runs_its_workers_itself(tmp_path):
+    """Without bastion-worker next to it (one artifact copied alone), workers run the
+    bastion binary itself, sandboxed the same way."""
+    lone = tmp_path / "bin" / "bastion"
+    lone.parent.mkdir()
+    lone.write_bytes(BASTION.read_bytes())
+    lone.chmod(0o755)
+    ok = run([str(lone), "sandbox-selftest", "--syscall", "allowed"], timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    killed = run([str(lone), "sandbox-selftest", "--syscall", "forbidden"], timeout=30)
+    assert killed.returncode == -31 and "SIGSYS" in killed.stderr, (killed.returncode, killed.stderr)
