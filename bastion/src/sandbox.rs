@@ -577,10 +577,20 @@ impl WorkerExe {
                 nix::sys::stat::Mode::empty(),
             );
             if let Ok(fd) = opened {
-                let executable = nix::sys::stat::fstat(&fd).is_ok_and(|st| {
-                    st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & 0o111 != 0
+                // A regular, executable file that only we (or root) could have written:
+                // the worker handles every untrusted byte, so a file someone else can
+                // replace is not run (the bastion binary itself is used instead).
+                let me = nix::unistd::geteuid().as_raw();
+                let usable = nix::sys::stat::fstat(&fd).is_ok_and(|st| {
+                    st.st_mode & libc::S_IFMT == libc::S_IFREG
+                        && st.st_mode & 0o111 != 0
+                        && st.st_mode & 0o022 == 0
+                        && (st.st_uid == 0 || st.st_uid == me)
                 });
-                if executable {
+                if !usable {
+                    tracing::warn!(path = %path.display(), "not using bastion-worker: it must be a regular executable file owned by root (or us) and writable by no one else");
+                }
+                if usable {
                     if let Ok(c) =
                         std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
                     {
