@@ -42,8 +42,15 @@ const CW_EVENT_OVERHEAD: usize = 26;
 const CW_MAX_SPAN_MS: i64 = 24 * 3600 * 1000 - 1000;
 /// CloudWatch Logs: at most 5 PutLogEvents per second per stream.
 const CW_STREAM_INTERVAL: Duration = Duration::from_millis(200);
-/// CloudWatch Logs: how many of a stream's last events are compared after a restart.
+/// CloudWatch Logs: how many of a stream's last events are compared after a restart or a
+/// failed put (whose events may have arrived all the same). Batches are no larger, so a
+/// whole batch is always within what is compared.
 const CW_DEDUP_TAIL: i32 = 500;
+const CW_BATCH_EVENTS: usize = if (CW_DEDUP_TAIL as usize) < CW_MAX_EVENTS {
+    CW_DEDUP_TAIL as usize
+} else {
+    CW_MAX_EVENTS
+};
 
 /// What one sink has done, for `/metrics` and for admission.
 #[derive(Debug)]
@@ -551,7 +558,7 @@ impl Sink for CloudWatch {
             // Events must be in time order: a clock step backwards keeps the previous time
             // (the event's own `ts` is in the message).
             let ts = line.ts_ms.max(last_ts);
-            if events.len() == CW_MAX_EVENTS
+            if events.len() == CW_BATCH_EVENTS
                 || bytes + size > CW_MAX_BYTES
                 || ts - first_ts > CW_MAX_SPAN_MS
             {
@@ -599,7 +606,16 @@ impl Sink for CloudWatch {
                     self.group,
                     crate::awsutil::error_text(&e)
                 )
-            })?;
+            });
+        let out = match out {
+            Ok(out) => out,
+            Err(why) => {
+                // The stream may have been deleted meanwhile: create it (and read
+                // its tail) again on the next attempt.
+                self.streams.remove(trail);
+                return Err(why);
+            }
+        };
         self.last_put.insert(trail.to_string(), Instant::now());
         if let Some(r) = out.rejected_log_events_info() {
             tracing::warn!(trail, too_old = ?r.too_old_log_event_end_index(), too_new = ?r.too_new_log_event_start_index(),
