@@ -567,46 +567,45 @@ pub struct WorkerExe {
 
 impl WorkerExe {
     pub fn locate() -> WorkerExe {
-        let candidate = std::env::current_exe()
-            .ok()
-            .map(|p| p.with_file_name("bastion-worker"));
-        if let Some(path) = candidate {
-            let opened = nix::fcntl::open(
-                &path,
-                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            );
-            if let Ok(fd) = opened {
-                // A regular, executable file that only we (or root) could have written:
-                // the worker handles every untrusted byte, so a file someone else can
-                // replace is not run (the bastion binary itself is used instead).
-                let me = nix::unistd::geteuid().as_raw();
-                let usable = nix::sys::stat::fstat(&fd).is_ok_and(|st| {
-                    st.st_mode & libc::S_IFMT == libc::S_IFREG
-                        && st.st_mode & 0o111 != 0
-                        && st.st_mode & 0o022 == 0
-                        && (st.st_uid == 0 || st.st_uid == me)
-                });
-                if !usable {
-                    tracing::warn!(path = %path.display(), "not using bastion-worker: it must be a regular executable file owned by root (or us) and writable by no one else");
-                }
-                if usable {
-                    if let Ok(c) =
-                        std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-                    {
-                        return WorkerExe {
-                            path: c,
-                            _file: Some(fd),
-                            describe: path.display().to_string(),
-                        };
-                    }
-                }
-            }
-        }
-        WorkerExe {
+        let fallback = |why: &str| WorkerExe {
             path: std::ffi::CString::from(c"/proc/self/exe"),
             _file: None,
-            describe: "this binary (bastion-worker not found next to it)".into(),
+            describe: format!("this binary ({why})"),
+        };
+        let Some(path) = std::env::current_exe()
+            .ok()
+            .map(|p| p.with_file_name("bastion-worker"))
+        else {
+            return fallback("its own path is unknown");
+        };
+        let Ok(fd) = nix::fcntl::open(
+            &path,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) else {
+            return fallback("bastion-worker not found next to it");
+        };
+        // A regular, executable file that only we (or root) could have written:
+        // the worker handles every untrusted byte, so a file someone else can
+        // replace is not run (the bastion binary itself is used instead).
+        let me = nix::unistd::geteuid().as_raw();
+        let usable = nix::sys::stat::fstat(&fd).is_ok_and(|st| {
+            st.st_mode & libc::S_IFMT == libc::S_IFREG
+                && st.st_mode & 0o111 != 0
+                && st.st_mode & 0o022 == 0
+                && (st.st_uid == 0 || st.st_uid == me)
+        });
+        if !usable {
+            tracing::warn!(path = %path.display(), "not using bastion-worker: it must be a regular executable file owned by root (or us) and writable by no one else");
+            return fallback("bastion-worker next to it is not safe to run");
+        }
+        match std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+            Ok(c) => WorkerExe {
+                path: c,
+                _file: Some(fd),
+                describe: path.display().to_string(),
+            },
+            Err(_) => fallback("unreachable: no NUL in a number"),
         }
     }
 }

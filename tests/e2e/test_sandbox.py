@@ -3,7 +3,7 @@
 import os
 import subprocess
 
-from harness import BASTION, proc_status, run
+from harness import BASTION, free_port, proc_status, run, wait_port
 
 
 def ns(pid, kind):
@@ -75,3 +75,33 @@ def test_a_lone_bastion_binary_runs_its_workers_itself(tmp_path):
     assert ok.returncode == 0, ok.stderr
     killed = run([str(lone), "sandbox-selftest", "--syscall", "forbidden"], timeout=30)
     assert killed.returncode == -31 and "SIGSYS" in killed.stderr, (killed.returncode, killed.stderr)
+
+
+def test_a_bastion_worker_others_could_replace_is_not_run(env, tmp_path):
+    """bastion-worker handles every untrusted byte: if anyone but root could write it,
+    the bastion does not run it (its own binary serves the workers) and says so."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    for name in ("bastion", "bastion-worker"):
+        (d / name).write_bytes(BASTION.with_name(name).read_bytes())
+        (d / name).chmod(0o755)
+
+    def start(tag):
+        port = free_port()
+        cfg = tmp_path / f"{tag}.toml"
+        cfg.write_text(f'listen = ["127.0.0.1:{port}"]\nhost_keys = ["{env.keys.path("bastion_host")}"]\n'
+                       f'[[auth]]\ntype = "file"\nfile = "{tmp_path / "none"}"\nlogins = ["*"]\n'
+                       f'[audit]\ndir = "{tmp_path / ("audit-" + tag)}"\n')
+        (tmp_path / "none").write_text("")
+        p = env.p.start([str(d / "bastion"), "serve", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE, text=True)
+        wait_port("127.0.0.1", port, proc=p, what="bastion")
+        p.terminate()
+        return p.communicate(timeout=30)[1]
+
+    log = start("ok")
+    assert f'"worker":"{d / "bastion-worker"}"' in log, log
+    (d / "bastion-worker").chmod(0o777)
+    log = start("writable")
+    assert "not using bastion-worker" in log and "bastion-worker next to it is not safe to run" in log, log
+    assert '"worker":"this binary' in log, log
