@@ -3017,6 +3017,72 @@ drain_delay = "15s"
     }
 
     #[test]
+    fn audit_sinks() {
+        let f = fixture();
+        let base = format!(
+            "host_keys = [{:?}]\n[[auth]]\ntype = \"file\"\ndir = {:?}\n[audit]\n",
+            f.key, f.users
+        );
+        let cfg = ok(f.load(
+            &format!("{base}cloudwatch_log_group = \"/bastion/audit\"\ns3_bucket = \"audit-trails\"\ns3_prefix = \"bastion/\"\ns3_sse = \"aws:kms\"\ns3_kms_key_id = \"alias/audit\"\ns3_interval = \"1m\"\nspool_max = \"256MiB\"\n"),
+            &[],
+            vec![],
+        ));
+        assert_eq!(
+            cfg.audit.cloudwatch_log_group.as_deref(),
+            Some("/bastion/audit")
+        );
+        assert_eq!(cfg.audit.spool_max, 256 << 20);
+        assert_eq!(
+            cfg.audit.s3,
+            Some(S3Sink {
+                bucket: "audit-trails".into(),
+                prefix: "bastion/".into(),
+                kms: Some(Some("alias/audit".into())),
+                interval: Duration::from_secs(60),
+            })
+        );
+        // From the environment too, and AES256 by default.
+        let cfg = ok(f.load(
+            &base,
+            &[("BASTION_AUDIT__S3_BUCKET", "audit-trails")],
+            vec![],
+        ));
+        assert_eq!(cfg.audit.s3.map(|s| s.kms), Some(None));
+        // Every bad value names its key.
+        for (line, key, says) in [
+            (
+                "s3_bucket = \"Audit_Trails\"",
+                "audit.s3_bucket",
+                "lowercase",
+            ),
+            (
+                "cloudwatch_log_group = \"a b\"",
+                "audit.cloudwatch_log_group",
+                "letters",
+            ),
+            (
+                "s3_bucket = \"ab-c\"\ns3_sse = \"aws:kms:dsse\"",
+                "audit.s3_sse",
+                "AES256",
+            ),
+            (
+                "s3_bucket = \"ab-c\"\ns3_kms_key_id = \"k\"",
+                "audit.s3_kms_key_id",
+                "aws:kms",
+            ),
+            ("s3_prefix = \"p/\"", "audit.s3_bucket", "need s3_bucket"),
+            ("spool_max = \"1KiB\"", "audit.spool_max", ""),
+        ] {
+            let e = errs(f.load(&format!("{base}{line}\n"), &[], vec![]));
+            assert!(
+                e.iter().any(|e| e.key == key && e.message.contains(says)),
+                "{line}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
     fn host_keys_from_ssm() {
         let f = fixture();
         let text = format!(
