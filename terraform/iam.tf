@@ -106,6 +106,24 @@ data "aws_iam_policy_document" "this" {
   }
 
   dynamic "statement" {
+    for_each = var.audit_s3_bucket == null ? [] : [var.audit_s3_bucket]
+    content {
+      sid       = "ArchiveTheAuditTrailInS3"
+      actions   = ["s3:PutObject"]
+      resources = ["arn:${local.partition}:s3:::${statement.value}/${var.audit_s3_prefix}*"]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.audit_s3_bucket == null || var.audit_s3_kms_key_arn == null ? [] : [var.audit_s3_kms_key_arn]
+    content {
+      sid       = "EncryptTheAuditArchive"
+      actions   = ["kms:GenerateDataKey"]
+      resources = [statement.value]
+    }
+  }
+
+  dynamic "statement" {
     for_each = local.binary_s3 == null ? [] : [local.binary_s3]
     content {
       sid       = "FetchTheBastionBinary"

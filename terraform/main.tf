@@ -70,6 +70,9 @@ locals {
     allow_rules            = local.allow_rules
     audit_dir              = var.audit_dir
     cloudwatch_log_group   = var.create_log_group ? local.log_group_name : ""
+    s3_bucket              = var.audit_s3_bucket == null ? "" : var.audit_s3_bucket
+    s3_prefix              = var.audit_s3_prefix
+    s3_kms_key_id          = var.audit_s3_kms_key_arn == null ? "" : var.audit_s3_kms_key_arn
     shutdown_grace_seconds = var.shutdown_grace_seconds
   })
 

@@ -572,6 +572,39 @@ variable "create_log_group" {
   default     = true
 }
 
+variable "audit_s3_bucket" {
+  description = "Also archive the audit trail in this existing S3 bucket: one object per user and session (`<audit_s3_prefix><user>/YYYY/MM/DD/<session>.jsonl`), SSE-KMS with `audit_s3_kms_key_arn` or SSE-S3. Null: no S3 archive."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.audit_s3_bucket == null || can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.audit_s3_bucket))
+    error_message = "audit_s3_bucket must be an S3 bucket name: 3 to 63 lowercase letters, digits, dots and hyphens."
+  }
+}
+
+variable "audit_s3_prefix" {
+  description = "Key prefix of the audit objects in `audit_s3_bucket` (no leading slash)."
+  type        = string
+  default     = "bastion/"
+
+  validation {
+    condition     = !startswith(var.audit_s3_prefix, "/") && length(var.audit_s3_prefix) > 0 && length(var.audit_s3_prefix) <= 512
+    error_message = "audit_s3_prefix must be 1 to 512 characters without a leading slash."
+  }
+}
+
+variable "audit_s3_kms_key_arn" {
+  description = "KMS key for SSE-KMS on the audit objects (the instances get kms:GenerateDataKey on it). Null: SSE-S3 (AES256)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.audit_s3_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", var.audit_s3_kms_key_arn))
+    error_message = "audit_s3_kms_key_arn must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)."
+  }
+}
+
 variable "log_retention_in_days" {
   description = "Retention of the log group."
   type        = number

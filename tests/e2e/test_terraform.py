@@ -172,6 +172,11 @@ VALIDATION_CASES = [
     ("health checks from anywhere", {"health_check_cidr_blocks": ["0.0.0.0/0"]}, "not the whole internet"),
     ("bad egress CIDR", {"egress_cidr_blocks": ["10.0.0.0/40"]}, "egress_cidr_blocks must be valid"),
     ("bad onward port", {"onward_ports": [22, 70000]}, "between 1 and 65535"),
+    ("audit archive", {"audit_s3_bucket": "example-audit", "audit_s3_prefix": "trails/",
+                       "audit_s3_kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd"}, None),
+    ("bad audit bucket", {"audit_s3_bucket": "Example_Audit"}, "audit_s3_bucket must be an S3 bucket name"),
+    ("audit prefix with a leading slash", {"audit_s3_prefix": "/trails/"}, "without a leading slash"),
+    ("audit key not an ARN", {"audit_s3_kms_key_arn": "alias/audit"}, "must be a KMS key ARN"),
     ("own KMS key", {"kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"}, None),
     ("KMS alias for a key", {"kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:alias/bastion"}, "must be a KMS key ARN"),
     ("supplied host key", {"host_key_parameter_name": "/shared/bastion/host_ed25519_key"}, None),
@@ -236,6 +241,9 @@ def config_vars(**over):
         "allow_rules": [{"principals": ["*"], "to": ["10.42.0.0/16:22"]}],
         "audit_dir": "/var/log/bastion",
         "cloudwatch_log_group": "/bastion/audit",
+        "s3_bucket": "",
+        "s3_prefix": "bastion/",
+        "s3_kms_key_id": "",
         "shutdown_grace_seconds": 300,
     }
     v.update(over)
@@ -286,14 +294,15 @@ RENDER_CASES = {
     ),
     "binary from s3, proxy protocol, cross-account": (
         config_vars(proxy_protocol=True, assume_role_arn="arn:aws:iam::111111111111:role/bastion-key-reader",
-                    service_port=2222, health_port=9090, shutdown_grace_seconds=600,
+                    service_port=2222, health_port=9090, shutdown_grace_seconds=600, s3_bucket="example-audit",
                     allow_rules=[{"principals": ["group:ops"], "to": ["10.0.0.0/8:22", "*.internal:22"]},
                                  {"principals": ["alice", "first.last.at.example.com"], "to": ["db.internal:5432", "10.1.2.3:8000-8100"]}]),
         user_data_vars(binary_url="s3://my-artifacts/bastion/bastion-x86_64", binary_sha256=SHA_OF_NOTHING,
                        service_port=2222, health_port=9090, shutdown_grace_seconds=600, stop_timeout_seconds=630),
     ),
     "docker from ECR, any IAM user, extra user data": (
-        config_vars(iam_groups=[], cloudwatch_log_group=""),
+        config_vars(iam_groups=[], cloudwatch_log_group="", s3_bucket="example-audit", s3_prefix="trails/",
+                    s3_kms_key_id="arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
         user_data_vars(docker_image="123456789012.dkr.ecr.eu-west-1.amazonaws.com/bastion@sha256:" + "a" * 64,
                        ecr_registry="123456789012.dkr.ecr.eu-west-1.amazonaws.com", ecr_region="eu-west-1",
                        extra_user_data=EXTRA, log_level="bastion=debug,russh=warn"),
@@ -356,6 +365,11 @@ def test_rendered_config_passes_check_config(rendered, tmp_path):
     assert t.get("allow", []) == cfg["allow_rules"]
     assert t["audit"]["dir"] == cfg["audit_dir"]
     assert t["audit"].get("cloudwatch_log_group", "") == cfg["cloudwatch_log_group"]
+    assert t["audit"].get("s3_bucket", "") == cfg["s3_bucket"]
+    if cfg["s3_bucket"]:
+        assert t["audit"]["s3_prefix"] == cfg["s3_prefix"]
+        assert t["audit"].get("s3_kms_key_id", "") == cfg["s3_kms_key_id"]
+        assert t["audit"].get("s3_sse") == ("aws:kms" if cfg["s3_kms_key_id"] else None)
     assert t["limits"]["shutdown_grace"] == f"{cfg['shutdown_grace_seconds']}s"
 
 
