@@ -30,6 +30,11 @@ use seccompiler::{
 pub const CLIENT_FD: RawFd = 3;
 pub const CONTROL_FD: RawFd = 4;
 
+/// Fds the child still needs while it sets up `CLIENT_FD` and `CONTROL_FD`
+/// (the sockets, the worker binary) are moved to this number or above first,
+/// so the `dup2` onto those two can never clobber them.
+const ABOVE_WORKER_FDS: RawFd = 10;
+
 /// Each sandbox step has its own error, naming the step.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -119,12 +124,12 @@ pub fn spawn_worker(
     // Move both fds above the target numbers first, so dup2 onto 3 and 4
     // can never clobber one with the other. They stay CLOEXEC here; dup2 in
     // the child clears the flag on the copies only.
-    let client_hi =
-        fcntl(client, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(SandboxError::PrepareFds)?;
+    let client_hi = fcntl(client, FcntlArg::F_DUPFD_CLOEXEC(ABOVE_WORKER_FDS))
+        .map_err(SandboxError::PrepareFds)?;
     // SAFETY: F_DUPFD_CLOEXEC returned a fresh fd that nothing else owns.
     let client_hi = unsafe { OwnedFd::from_raw_fd(client_hi) };
-    let control_hi =
-        fcntl(control, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(SandboxError::PrepareFds)?;
+    let control_hi = fcntl(control, FcntlArg::F_DUPFD_CLOEXEC(ABOVE_WORKER_FDS))
+        .map_err(SandboxError::PrepareFds)?;
     // SAFETY: as above.
     let control_hi = unsafe { OwnedFd::from_raw_fd(control_hi) };
     let devnull = nix::fcntl::open(
@@ -578,13 +583,24 @@ impl WorkerExe {
         else {
             return fallback("its own path is unknown");
         };
-        let Ok(fd) = nix::fcntl::open(
+        let Ok(opened) = nix::fcntl::open(
             &path,
             nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         ) else {
             return fallback("bastion-worker not found next to it");
         };
+        // The child execs /proc/self/fd/N after its dup2 onto CLIENT_FD and
+        // CONTROL_FD: N must not be one of them.
+        let Ok(fd) = nix::fcntl::fcntl(
+            &opened,
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(ABOVE_WORKER_FDS),
+        ) else {
+            return fallback("bastion-worker could not be kept open");
+        };
+        drop(opened);
+        // SAFETY: F_DUPFD_CLOEXEC returned a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // A regular, executable file that only we (or root) could have written:
         // the worker handles every untrusted byte, so a file someone else can
         // replace is not run (the bastion binary itself is used instead).
