@@ -759,7 +759,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         // real worker goes through every step before anything is accepted.
         let sb = &shared.config.sandbox;
         let root = sandbox::root_mount_point(&sb.runtime_dir);
-        match trial_worker(&root, sb.uid_base, sb.memory_limit, false) {
+        match trial_worker(
+            shared.worker_exe(),
+            &root,
+            sb.uid_base,
+            sb.memory_limit,
+            false,
+        ) {
             Ok((0, None)) => tracing::debug!("trial worker entered its sandbox"),
             outcome => {
                 let why = match outcome {
@@ -860,7 +866,7 @@ fn announce(
         .map(|r| format!("{} -> {}", r.principals.join(","), r.to.join(", ")))
         .collect();
     tracing::info!(listen = ?listen, host_keys = ?fingerprints, key_sources = ?sources, forwarding = ?rules,
-        audit_dir = %cfg.audit.dir.display(), sandbox = cfg.sandbox.enabled, worker = %shared.worker_exe(), version = env!("CARGO_PKG_VERSION"), "bastion listening");
+        audit_dir = %cfg.audit.dir.display(), sandbox = cfg.sandbox.enabled, worker = %shared.worker_exe().describe, version = env!("CARGO_PKG_VERSION"), "bastion listening");
     if let Some(dev) = dev {
         eprintln!("bastion {} in development mode", env!("CARGO_PKG_VERSION"));
         eprintln!("  listening on      {}", listen.join(", "));
@@ -897,7 +903,13 @@ fn selftest(forbidden: bool) -> ExitCode {
         sandbox::preflight()?;
         let root = sandbox::root_mount_point(Path::new(config::DEFAULT_RUNTIME_DIR));
         std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
-        trial_worker(&root, 1_999_999_999, 1 << 30, forbidden)
+        trial_worker(
+            &sandbox::WorkerExe::locate(),
+            &root,
+            1_999_999_999,
+            1 << 30,
+            forbidden,
+        )
     };
     match run() {
         Ok((_, Some(sig))) => {
@@ -941,6 +953,7 @@ fn sandbox_hint() -> String {
 /// one system call (allowed or `forbidden`): its exit status, or the signal
 /// that killed it.
 fn trial_worker(
+    exe: &sandbox::WorkerExe,
     root: &Path,
     uid: u32,
     memory_limit: u64,
@@ -954,7 +967,6 @@ fn trial_worker(
         c"worker".to_owned(),
         c"selftest".to_owned(),
     ];
-    let exe = sandbox::WorkerExe::locate();
     let spawned = sandbox::spawn_worker(&exe.path, &argv, &client, &theirs, true)
         .map_err(|e| e.to_string())?;
     drop(theirs);

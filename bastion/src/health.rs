@@ -58,6 +58,11 @@ pub fn probe(addr: std::net::SocketAddr, timeout: Duration) -> Result<String, St
     }
 }
 
+/// A key source's kind, the label value: `file:/etc/…`, `command:/usr/…` -> `file`, `command`.
+fn source_kind(source: &str) -> String {
+    source.split(':').next().unwrap_or("none").to_string()
+}
+
 /// Adds one to a counter.
 pub fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
@@ -82,17 +87,14 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn auth(&self, source: &str, result: &'static str) {
-        // `file:/etc/…`, `command:/usr/…` -> `file`, `command`.
-        let kind = source.split(':').next().unwrap_or("none").to_string();
         if let Ok(mut m) = self.auth.lock() {
-            *m.entry((kind, result)).or_default() += 1;
+            *m.entry((source_kind(source), result)).or_default() += 1;
         }
     }
 
     pub fn refusal(&self, source: &str, kind: &'static str) {
-        let source = source.split(':').next().unwrap_or("none").to_string();
         if let Ok(mut m) = self.refusals.lock() {
-            *m.entry((source, kind)).or_default() += 1;
+            *m.entry((source_kind(source), kind)).or_default() += 1;
         }
     }
 

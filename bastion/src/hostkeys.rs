@@ -33,14 +33,7 @@ pub fn fetch(refs: &[HostKey]) -> Vec<Result<String, String>> {
         }
     };
     runtime.block_on(async {
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .operation_timeout(Duration::from_secs(20))
-            .build();
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(timeouts)
-            .load()
-            .await;
+        let conf = crate::awsutil::sdk_config(Duration::from_secs(20)).await;
         let mut ssm = None;
         let mut secrets = None;
         let mut out = Vec::with_capacity(refs.len());

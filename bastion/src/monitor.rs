@@ -217,9 +217,9 @@ impl Shared {
     }
 
     /// Creates the empty directory workers mount their root on.
-    /// Which program workers run, for the start-up log.
-    pub fn worker_exe(&self) -> &str {
-        &self.exe.describe
+    /// The program workers run (located once, at start).
+    pub fn worker_exe(&self) -> &sandbox::WorkerExe {
+        &self.exe
     }
 
     pub fn prepare_runtime_dir(&self) -> Result<(), MonitorError> {

@@ -235,7 +235,12 @@ impl Spool {
     }
 
     fn unshipped(&self) -> u64 {
-        self.trails()
+        self.unshipped_in(&self.trails())
+    }
+
+    /// What `trails` (a listing of the spool) hold beyond this sink's cursors.
+    fn unshipped_in(&self, trails: &[(String, u64)]) -> u64 {
+        trails
             .iter()
             .map(|(t, len)| len.saturating_sub(self.cursors.get(t).copied().unwrap_or(0)))
             .sum()
@@ -342,7 +347,8 @@ fn run(mut sink: Box<dyn Sink>, spool: &mut Spool, stats: &SinkStats) {
     loop {
         let mut failure: Option<String> = None;
         let mut more = false;
-        for (trail, len) in spool.trails() {
+        let listing = spool.trails();
+        for (trail, len) in listing.iter().cloned() {
             if failure.is_some() {
                 break;
             }
@@ -383,7 +389,9 @@ fn run(mut sink: Box<dyn Sink>, spool: &mut Spool, stats: &SinkStats) {
                 failure = Some(e);
             }
         }
-        stats.unshipped.store(spool.unshipped(), Ordering::Release);
+        stats
+            .unshipped
+            .store(spool.unshipped_in(&listing), Ordering::Release);
         match failure {
             Some(why) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -427,15 +435,7 @@ pub fn s3_client(conf: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
 }
 
 fn sdk_config(rt: &tokio::runtime::Runtime) -> aws_config::SdkConfig {
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(3))
-        .operation_timeout(Duration::from_secs(30))
-        .build();
-    rt.block_on(
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(timeouts)
-            .load(),
-    )
+    rt.block_on(crate::awsutil::sdk_config(Duration::from_secs(30)))
 }
 
 // ---------------------------------------------------------------------------
