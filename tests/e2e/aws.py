@@ -317,6 +317,39 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _any
 
 
+def serve_in_background(make_server, port: int, name: str):
+    """`make_server(port)` (a socketserver), served on a daemon thread. Port 0 takes a free
+    one; a given port (listening again after a "refuse") is retried for up to 5 s while the
+    kernel lets go of it."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            srv = make_server(port)
+            break
+        except OSError:
+            if not port or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2},
+                     name=f"{name}-{srv.server_address[1]}", daemon=True).start()
+    return srv
+
+
+def stop_serving(srv, conns: set, lock) -> None:
+    """Closes the listening socket (connects are refused from now on) and every open
+    connection in `conns` (guarded by `lock`)."""
+    if srv is not None:
+        srv.shutdown()
+        srv.server_close()
+    with lock:
+        conns = list(conns)
+    for c in conns:
+        try:
+            c.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class FaultProxy:
     """An HTTP/1.1 reverse proxy on 127.0.0.1:<free port> in front of `upstream` (moto).
 
@@ -357,40 +390,19 @@ class FaultProxy:
         self._mode, self._only, self._times, self._opts = "pass", None, None, {}
         self._log_file = open(log_path, "a", buffering=1) if log_path else None
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self.port = 0
         self._listen()
         self.url = f"http://127.0.0.1:{self.port}"
 
     # --- listening ---------------------------------------------------------
     def _listen(self) -> None:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                srv = _Server(("127.0.0.1", self.port), self)
-                break
-            except OSError:
-                if not self.port or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.port = srv.server_address[1]
-        self._server = srv
-        self._thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name=f"fault-proxy-{self.port}", daemon=True)
-        self._thread.start()
+        self._server = serve_in_background(lambda port: _Server(("127.0.0.1", port), self), self.port,
+                                           "fault-proxy")
+        self.port = self._server.server_address[1]
 
     def _unlisten(self) -> None:
         srv, self._server = self._server, None
-        if srv is not None:
-            srv.shutdown()
-            srv.server_close()
-        with self._lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        stop_serving(srv, self._conns, self._lock)
 
     def _opened(self, conn) -> None:
         with self._lock:

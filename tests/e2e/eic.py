@@ -33,7 +33,6 @@ import datetime as dt
 import json
 import re
 import secrets
-import socket
 import struct
 import threading
 import time
@@ -49,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
-from aws import REGION, LocalHTTPServer
+from aws import REGION, LocalHTTPServer, serve_in_background, stop_serving
 
 DEFAULT_DOMAIN = "amazonaws.com"
 DEFAULT_CALLER = "arn:aws:iam::123456789012:user/bastion-e2e"
@@ -405,39 +404,17 @@ class _Listener:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def _listen(self) -> None:
-        deadline = time.monotonic() + 5
-        owner = self
-        handler = self.handler
+        def make(port):
+            srv = LocalHTTPServer(("127.0.0.1", port), self.handler)
+            srv.owner = self
+            return srv
 
-        class Server(LocalHTTPServer):
-            pass
-
-        while True:
-            try:
-                srv = Server(("127.0.0.1", self.port), handler)
-                break
-            except OSError:
-                if not self.port or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        srv.owner = owner
-        self.port = srv.server_address[1]
-        self._server = srv
-        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2},
-                         name=f"{self.name}-{self.port}", daemon=True).start()
+        self._server = serve_in_background(make, self.port, self.name)
+        self.port = self._server.server_address[1]
 
     def _unlisten(self) -> None:
         srv, self._server = self._server, None
-        if srv is not None:
-            srv.shutdown()
-            srv.server_close()
-        with self._conn_lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        stop_serving(srv, self._conns, self._conn_lock)
 
     @property
     def listening(self) -> bool:

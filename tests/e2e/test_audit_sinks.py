@@ -118,7 +118,7 @@ def test_events_arrive_per_user_and_per_session_and_read_back(env, bastion, moto
     b = bastion(sink_config(), env=aws_env(iam_proxy.url))
     # A long session: its object is written while it runs (s3_interval), then rewritten whole.
     live = subprocess.Popen(["ssh", "-F", str(client("bob")), "-J", f"bob@127.0.0.1:{b.port}", "-p",
-                             str(target.port), "root@127.0.0.1", "sleep 6; echo done"],
+                             str(target.port), "root@127.0.0.1", "sleep 12; echo done"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for user in ("alice", "alice", "bob"):
         r = login(client, b, target, user)
@@ -134,7 +134,7 @@ def test_events_arrive_per_user_and_per_session_and_read_back(env, bastion, moto
             if any(json.loads(x)["event"] == "session.start" for x in lines) and \
                     not any(json.loads(x)["event"] == "session.end" for x in lines) and live.poll() is None:
                 return k
-    key = wait_until(partial, timeout=20, what="a live session's partial S3 object")
+    key = wait_until(partial, timeout=30, what="a live session's partial S3 object")
     out, err = live.communicate(timeout=30)
     assert out == b"done\n", err
 
