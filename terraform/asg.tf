@@ -21,6 +21,12 @@ resource "aws_launch_template" "this" {
   }
 
   # IMDSv2 only, one hop: tokens are required and cannot leave the instance.
+  # One hop is enough for the container too (docker_image), eic_auth or not:
+  # it runs with --network host (templates/user-data.sh.tftpl), so its IMDS
+  # requests (the instance role's credentials, the keys pushed with EC2
+  # Instance Connect) leave from the instance's own network stack, not through
+  # a bridge that would cost a hop. Raising the limit would only let tokens
+  # reach containers on bridge networks, which the bastion does not use.
   metadata_options {
     http_endpoint               = "enabled"
     http_tokens                 = "required"

@@ -150,6 +150,32 @@ data "aws_iam_policy_document" "this" {
       resources = ["*"]
     }
   }
+
+  # Onward EC2 Instance Connect (eic_push): DescribeInstances (Resource "*", it
+  # has no resource-level permissions) and SendSSHPublicKey limited by ec2:osuser
+  # and eic_push_instance_tags; built in eic.tf (docs/iam/eic-push-policy.json).
+  # None without eic_push. The eic key source (eic_auth) needs nothing here.
+  dynamic "statement" {
+    for_each = local.eic_push_policy.Statement
+    content {
+      sid       = statement.value.Sid
+      actions   = statement.value.Action
+      resources = statement.value.Resource
+
+      dynamic "condition" {
+        for_each = flatten([
+          for test, keys in try(statement.value.Condition, {}) : [
+            for variable, values in keys : { test = test, variable = variable, values = values }
+          ]
+        ])
+        content {
+          test     = condition.value.test
+          variable = condition.value.variable
+          values   = condition.value.values
+        }
+      }
+    }
+  }
 }
 
 resource "aws_iam_role_policy" "this" {

@@ -40,6 +40,7 @@ locals {
   allow_rules = var.allow_rules != null ? var.allow_rules : [{
     principals = ["*"]
     to         = flatten([for c in local.egress_cidr_blocks : [for p in var.onward_ports : strcontains(c, ":") ? "[${c}]:${p}" : "${c}:${p}"]])
+    os_users   = null
   }]
 
   ami_id = var.ami_id != null ? var.ami_id : data.aws_ssm_parameter.ami[0].insecure_value
@@ -68,6 +69,9 @@ locals {
     iam_groups             = var.iam_groups
     assume_role_arn        = var.assume_role_arn == null ? "" : var.assume_role_arn
     allow_rules            = local.allow_rules
+    eic_auth               = var.eic_auth
+    eic_push               = var.eic_push
+    eic_os_users           = var.eic_os_users
     audit_dir              = var.audit_dir
     cloudwatch_log_group   = var.create_log_group ? local.log_group_name : ""
     s3_bucket              = var.audit_s3_bucket == null ? "" : var.audit_s3_bucket

@@ -101,6 +101,16 @@ output "identity_account_policies" {
   }
 }
 
+output "eic_user_policy" {
+  description = "With `eic_auth`: the IAM policy (JSON) users need to log in with EC2 Instance Connect (docs/iam/eic-user-policy.json, filled in): `ec2-instance-connect:SendSSHPublicKey` on the instances of this Auto Scaling group only (its `aws:autoscaling:groupName` tag), for the login `eic_user_policy_os_user`, and `ec2:DescribeInstances` to find them. Null without `eic_auth`."
+  value       = var.eic_auth ? jsonencode(local.eic_user_policy) : null
+}
+
+output "eic_push_os_users" {
+  description = "With `eic_push`: the OS users the instance role may push keys for (its `ec2:osuser` condition: `eic_os_users` and every rule's `os_users`), or null."
+  value       = var.eic_push ? local.eic_push_os_users : null
+}
+
 output "ssh_config" {
   description = "An ssh_config snippet for users: the bastion as ProxyJump for the VPC's private hosts (append it to ~/.ssh/config and set User)."
   value       = <<-EOT

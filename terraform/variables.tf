@@ -114,7 +114,7 @@ variable "onward_ports" {
 }
 
 variable "https_egress_cidr_blocks" {
-  description = "Where the instances may reach HTTPS (443): the AWS APIs (IAM, STS, SSM, KMS, Auto Scaling, CloudWatch Logs; through a NAT gateway or VPC endpoints) and the artifact (`bastion_binary_url` or `docker_image`). Narrow it to the VPC's CIDR when every API is reached through VPC endpoints."
+  description = "Where the instances may reach HTTPS (443): the AWS APIs (IAM, STS, SSM, KMS, Auto Scaling, CloudWatch Logs, and EC2 and EC2 Instance Connect with `eic_push`; through a NAT gateway or VPC endpoints) and the artifact (`bastion_binary_url` or `docker_image`). Narrow it to the VPC's CIDR when every API is reached through VPC endpoints."
   type        = list(string)
   default     = ["0.0.0.0/0"]
 
@@ -458,10 +458,11 @@ variable "assume_role_arn" {
 }
 
 variable "allow_rules" {
-  description = "The forwarding policy (`[[allow]]` rules): who (`principals`: IAM user names, `group:NAME`, or `*` for anyone authenticated) may reach what (`to`: `host:port`, `CIDR:port`, `*.domain:port`, port ranges `a-b`). Null: anyone authenticated may reach `egress_cidr_blocks` on `onward_ports`. An empty list allows no forwarding at all."
+  description = "The forwarding policy (`[[allow]]` rules): who (`principals`: IAM user names, `group:NAME`, or `*` for anyone authenticated) may reach what (`to`: `host:port`, `CIDR:port`, `*.domain:port`, port ranges `a-b`; EC2 instances asked for by id with `i-<glob>:port` or `tag:KEY=VALUE:port`, VALUE may use `*`). `os_users` (optional): the OS users `eic_push` pushes the user's key for when this rule allows a forward to an instance, instead of `eic_os_users`. Null: anyone authenticated may reach `egress_cidr_blocks` on `onward_ports`. An empty list allows no forwarding at all."
   type = list(object({
     principals = list(string)
     to         = list(string)
+    os_users   = optional(list(string))
   }))
   default = null
 
@@ -472,6 +473,15 @@ variable "allow_rules" {
       ])
     ])
     error_message = "Every allow rule needs at least one principal and one target, each without spaces, quotes or control characters."
+  }
+
+  validation {
+    condition = var.allow_rules == null || alltrue([
+      for r in coalesce(var.allow_rules, []) : r.os_users == null || try(length(r.os_users) > 0 && alltrue([
+        for u in r.os_users : can(regex("^[A-Za-z_][A-Za-z0-9@._-]{0,30}[A-Za-z0-9$_-]?$", u))
+      ]), false)
+    ])
+    error_message = "An allow rule's os_users must be null or list OS user names EC2 Instance Connect accepts (1 to 32 characters: a letter or _ first, then letters, digits and @._-, optionally ending in $)."
   }
 }
 
@@ -512,6 +522,60 @@ variable "extra_user_data" {
   description = "Shell commands appended to the instance's user data (bash, run as root after the bastion has been started)."
   type        = string
   default     = ""
+}
+
+################################################################################
+# The bastion: EC2 Instance Connect
+################################################################################
+
+variable "eic_auth" {
+  description = "Also let users log in to the bastion with a key they push to one of its instances with EC2 Instance Connect (`aws ec2-instance-connect send-ssh-public-key --instance-id <bastion instance> --instance-os-user <login> …`, valid 60 s): an `[[auth]] type = \"eic\"` source after the IAM one. The bastion reads the pushed keys from the instance metadata service itself; its role needs nothing more. Users need `ec2-instance-connect:SendSSHPublicKey` on the bastion instances: see the `eic_user_policy` output."
+  type        = bool
+  default     = false
+}
+
+variable "eic_user_policy_os_user" {
+  description = "With `eic_auth`: the `ec2:osuser` condition of the `eic_user_policy` output, i.e. the login a user may push a key for. The default, the policy variable `$${aws:username}`, lets each IAM user log in only under their own user name (it does not exist for roles: use e.g. `$${aws:PrincipalTag/login}` with federated users). Null: no condition, anyone with the policy may push a key for, and log in as, any login."
+  type        = string
+  default     = "$${aws:username}"
+
+  validation {
+    condition     = var.eic_user_policy_os_user == null || can(regex("^(\\$\\{[A-Za-z0-9:/_.-]+\\}|[A-Za-z_][A-Za-z0-9@._-]{0,30}[A-Za-z0-9$_-]?)$", coalesce(var.eic_user_policy_os_user, "-")))
+    error_message = "eic_user_policy_os_user must be an IAM policy variable such as $${aws:username}, an OS user name EC2 Instance Connect accepts, or null."
+  }
+}
+
+variable "eic_push" {
+  description = "Onward EC2 Instance Connect (`[eic] push = true`): for a forward to an instance asked for by id (`ssh -J alice@bastion ec2-user@i-0123…`, allowed by an `i-<glob>:port` or `tag:KEY=VALUE:port` rule) the bastion looks the instance up (`ec2:DescribeInstances`) and pushes the user's key to it for each OS user (`ec2-instance-connect:SendSSHPublicKey`), so targets need no key of the user's. The instance role gets these two permissions (docs/iam/eic-push-policy.json), the push limited to `eic_os_users` and the rules' `os_users`, and to `eic_push_instance_tags`."
+  type        = bool
+  default     = false
+}
+
+variable "eic_os_users" {
+  description = "With `eic_push`: the OS users the key is pushed for (`[eic] os_users`) unless the allowing rule has its own `os_users`. Together with those, also the `ec2:osuser` values the instance role may push for."
+  type        = list(string)
+  default     = ["ec2-user"]
+
+  validation {
+    condition     = length(var.eic_os_users) > 0 && alltrue([for u in var.eic_os_users : can(regex("^[A-Za-z_][A-Za-z0-9@._-]{0,30}[A-Za-z0-9$_-]?$", u))])
+    error_message = "eic_os_users must list at least one OS user name EC2 Instance Connect accepts (1 to 32 characters: a letter or _ first, then letters, digits and @._-, optionally ending in $)."
+  }
+}
+
+variable "eic_push_instance_tags" {
+  description = "With `eic_push`: tags an instance must carry (all of them, exact values) for the instance role to push keys to it (`aws:ResourceTag/KEY` conditions on `SendSSHPublicKey`). Empty (the default): any instance of the account in this region, for the OS users above; the `[[allow]]` rules alone then decide, and a compromised bastion could push its own key to any instance. With tags, a rule allowing an instance without them fails at the push (`AuthException`); and whoever may tag instances (`ec2:CreateTags`) can widen the set."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k, v in var.eic_push_instance_tags : can(regex("^[\\p{L}\\p{Z}\\p{N}_.:/=+@-]{1,128}$", k)) && can(regex("^[\\p{L}\\p{Z}\\p{N}_.:/=+@-]{0,256}$", v))])
+    error_message = "eic_push_instance_tags must map tag keys (1 to 128 characters) to values (at most 256), in the characters EC2 tags allow (letters, digits, spaces and _.:/=+@-)."
+  }
+
+  validation {
+    condition     = var.eic_push || length(var.eic_push_instance_tags) == 0
+    error_message = "eic_push_instance_tags only applies with eic_push = true."
+  }
 }
 
 ################################################################################

@@ -137,6 +137,94 @@ pub struct Request {
     pub timeout: Duration,
 }
 
+/// Everything `bastion authorized-keys --eic` was told.
+#[derive(Debug)]
+pub struct EicRequest {
+    pub login: String,
+    pub fingerprint: Option<String>,
+    pub ca_bundle: Option<PathBuf>,
+    pub imds_endpoint: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Runs `bastion authorized-keys --eic`: the verified EC2 Instance Connect keys of a
+/// login on this instance, one per line (only the one with `fingerprint` if given).
+/// Rejected records are named on stderr (sshd logs it); a failure of the whole
+/// answer (IMDS, the signer's chain) prints nothing and exits 1.
+pub fn run_eic(req: EicRequest) -> ExitCode {
+    let bundle = match &req.ca_bundle {
+        Some(p) => p.clone(),
+        None => match crate::config::SYSTEM_CA_BUNDLES
+            .iter()
+            .find(|b| Path::new(b).is_file())
+        {
+            Some(b) => PathBuf::from(b),
+            None => {
+                eprintln!(
+                    "error: no system CA bundle found (looked for {}); give --ca-bundle",
+                    crate::config::SYSTEM_CA_BUNDLES.join(", ")
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
+    let source = match crate::eic::EicSource::load(&bundle, req.timeout, req.imds_endpoint) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: --ca-bundle {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let found = match runtime.block_on(source.keys_for(&req.login, std::time::SystemTime::now())) {
+        Ok(f) => f,
+        Err(failure) => {
+            eprintln!(
+                "bastion authorized-keys: no EC2 Instance Connect keys for {}: {}",
+                req.login, failure.reason
+            );
+            return ExitCode::from(1);
+        }
+    };
+    for (line, why) in &found.rejected {
+        let what = line
+            .as_deref()
+            .and_then(|l| PublicKeyBlob::from_openssh(l).ok())
+            .map_or("a record".to_string(), |k| {
+                format!("the record for {}", k.fingerprint())
+            });
+        eprintln!("bastion authorized-keys: {what} was rejected: {why}");
+    }
+    let mut out = String::new();
+    for a in &found.accepted {
+        if req
+            .fingerprint
+            .as_deref()
+            .is_some_and(|f| f != a.key.fingerprint())
+        {
+            continue;
+        }
+        out.push_str(&a.key.to_openssh());
+        out.push('\n');
+    }
+    print!("{out}");
+    ExitCode::SUCCESS
+}
+
+/// A single-threaded runtime for one lookup; exit code 1 if it cannot start.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        })
+}
+
 /// Exit code for usage and configuration errors.
 const EXIT_USAGE: u8 = 64;
 
@@ -216,15 +304,9 @@ pub fn run(req: Request) -> ExitCode {
         timeout: req.timeout,
         cache_dir: req.cache_dir.clone(),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let source = IamSource::new(SdkIam::new(assume, req.timeout), settings);
     let answer = match runtime.block_on(source.lookup(&name)) {

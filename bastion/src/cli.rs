@@ -59,6 +59,14 @@ enum Command {
     /// exits 0; exits 1 without output when IAM cannot answer and no cached
     /// answer is young enough. AWS region, credentials and endpoint come from
     /// the standard AWS environment and files.
+    ///
+    /// With --eic it prints instead the keys pushed to this instance with EC2
+    /// Instance Connect, verified as the ec2-instance-connect package does
+    /// (stricter: served certificates are never trust anchors):
+    ///   AuthorizedKeysCommand /usr/local/bin/bastion authorized-keys --eic %u %f
+    ///   AuthorizedKeysCommandUser ec2-instance-connect
+    /// Exits 1 without output when the instance metadata service cannot be read
+    /// or the signer's chain does not verify.
     AuthorizedKeys(AuthorizedKeysArgs),
     /// Work with audit trails.
     Audit {
@@ -187,6 +195,19 @@ impl TrailSource {
 struct AuthorizedKeysArgs {
     /// The login sshd asks about (%u); widdix spellings (.plus. .equal. .comma. .at.) are understood.
     login: String,
+    /// With --eic: print only the key with this fingerprint (%f, SHA256:…).
+    #[arg(requires = "eic")]
+    fingerprint: Option<String>,
+    /// Keys pushed with EC2 Instance Connect (read from the instance metadata service) instead of IAM.
+    #[arg(long, conflicts_with_all = ["widdix_config", "groups", "assume_role_arn", "cache_dir"])]
+    eic: bool,
+    /// With --eic: PEM trust anchors for the signer's chain (default: the system bundle).
+    #[arg(long, value_name = "FILE", requires = "eic")]
+    ca_bundle: Option<PathBuf>,
+    /// With --eic: the instance metadata service (default: AWS_EC2_METADATA_SERVICE_ENDPOINT,
+    /// else http://169.254.169.254). sshd runs the command with an empty environment.
+    #[arg(long, value_name = "URL", requires = "eic")]
+    imds_endpoint: Option<String>,
     /// widdix/aws-ec2-ssh's configuration file: IAM_AUTHORIZED_GROUPS and ASSUMEROLE are used.
     #[arg(long, value_name = "FILE")]
     widdix_config: Option<PathBuf>,
@@ -245,6 +266,13 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { config } => check_config(&config),
         Command::Healthcheck { config } => healthcheck(config.as_deref()),
+        Command::AuthorizedKeys(a) if a.eic => crate::akc::run_eic(crate::akc::EicRequest {
+            login: a.login,
+            fingerprint: a.fingerprint,
+            ca_bundle: a.ca_bundle,
+            imds_endpoint: a.imds_endpoint,
+            timeout: a.timeout,
+        }),
         Command::AuthorizedKeys(a) => crate::akc::run(crate::akc::Request {
             login: a.login,
             widdix_config: a.widdix_config,
@@ -866,7 +894,8 @@ fn announce(
         .map(|r| format!("{} -> {}", r.principals.join(","), r.to.join(", ")))
         .collect();
     tracing::info!(listen = ?listen, host_keys = ?fingerprints, key_sources = ?sources, forwarding = ?rules,
-        audit_dir = %cfg.audit.dir.display(), sandbox = cfg.sandbox.enabled, worker = %shared.worker_exe().describe, version = env!("CARGO_PKG_VERSION"), "bastion listening");
+        audit_dir = %cfg.audit.dir.display(), sandbox = cfg.sandbox.enabled, worker = %shared.worker_exe().describe,
+        eic_push = cfg.eic.push, eic_os_users = ?cfg.eic.os_users, version = env!("CARGO_PKG_VERSION"), "bastion listening");
     if let Some(dev) = dev {
         eprintln!("bastion {} in development mode", env!("CARGO_PKG_VERSION"));
         eprintln!("  listening on      {}", listen.join(", "));

@@ -148,6 +148,8 @@ pub struct Config {
     pub auth: Vec<AuthSource>,
     /// Forwarding rules (`[[allow]]`), in file order; empty means nothing may be forwarded.
     pub allow: Vec<AllowRule>,
+    /// EC2 Instance Connect for onward connections (`[eic]`).
+    pub eic: Eic,
     /// The audit trail (`[audit]`).
     pub audit: Audit,
     /// How workers are sandboxed (`[sandbox]`).
@@ -211,7 +213,51 @@ pub enum AuthSource {
     },
     /// `type = "iam"`: the SSH public keys IAM users upload (`aws iam upload-ssh-public-key`).
     Iam(IamAuth),
+    /// `type = "eic"`: keys pushed to this instance with EC2 Instance Connect
+    /// (`aws ec2-instance-connect send-ssh-public-key`), read from the instance metadata
+    /// service and verified as AWS's own on-instance scripts do (stricter where they are lax).
+    Eic(EicAuth),
 }
+
+/// The settings of one `type = "eic"` key source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EicAuth {
+    /// `ca_bundle`: PEM trust anchors for the EC2 Instance Connect signer's chain
+    /// (default: the system bundle, the first of [`SYSTEM_CA_BUNDLES`] that exists).
+    pub ca_bundle: PathBuf,
+    /// `timeout`: the longest one lookup in the instance metadata service may take (default 5s).
+    pub timeout: Duration,
+}
+
+/// Where the system's CA bundle is looked for (Debian/Ubuntu, Amazon Linux/RHEL, SUSE, Alpine).
+pub const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// Default `timeout` of the eic key source.
+pub const EIC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `[eic]` section: EC2 Instance Connect for onward connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eic {
+    /// `push`: before a forward to an instance id, push the user's key to the instance with
+    /// `SendSSHPublicKey` (default false: instance ids are still resolved, nothing is pushed).
+    pub push: bool,
+    /// `os_users`: the OS users the key is pushed for (default `["ec2-user"]`); an
+    /// `[[allow]]` rule's own `os_users` replaces it for the forwards it allows.
+    pub os_users: Vec<String>,
+    /// `timeout`: the longest one EC2 call (DescribeInstances, SendSSHPublicKey) may take,
+    /// retries included (default 10s).
+    pub timeout: Duration,
+}
+
+/// Default `[eic] os_users`.
+pub const EIC_OS_USERS: &[&str] = &["ec2-user"];
+/// Default `[eic] timeout`.
+pub const EIC_PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The settings of one `type = "iam"` key source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +296,9 @@ pub struct AllowRule {
     pub principals: Vec<String>,
     /// `to`: where they may connect; never empty.
     pub to: Vec<String>,
+    /// `os_users`: the OS users an EC2 Instance Connect push is made for when this rule allows
+    /// a forward to an instance; `None` means `[eic] os_users`.
+    pub os_users: Option<Vec<String>>,
     /// The rule's key for error messages, e.g. `allow[0]`; pass it to [`Origins::of`].
     pub key: String,
 }
@@ -531,6 +580,17 @@ impl Config {
                 ("drain_delay", duration(Duration::ZERO)),
             ]),
         );
+        t.insert(
+            "eic".into(),
+            table(vec![
+                ("push", Value::Boolean(false)),
+                (
+                    "os_users",
+                    Value::Array(EIC_OS_USERS.iter().map(|u| text(u)).collect()),
+                ),
+                ("timeout", duration(EIC_PUSH_TIMEOUT)),
+            ]),
+        );
         t
     }
 }
@@ -584,6 +644,11 @@ const LIMITS_KEYS: &[(&str, Kind)] = &[
     ("shutdown_grace", Kind::Text),
     ("drain_delay", Kind::Text),
 ];
+const EIC_KEYS: &[(&str, Kind)] = &[
+    ("push", Kind::Bool),
+    ("os_users", Kind::List),
+    ("timeout", Kind::Text),
+];
 const ROOT_KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::List),
     ("host_keys", Kind::List),
@@ -595,6 +660,7 @@ const ROOT_KEYS: &[(&str, Kind)] = &[
     ("audit", Kind::Section(AUDIT_KEYS)),
     ("sandbox", Kind::Section(SANDBOX_KEYS)),
     ("limits", Kind::Section(LIMITS_KEYS)),
+    ("eic", Kind::Section(EIC_KEYS)),
 ];
 const AUTH_FILE_KEYS: &[&str] = &["dir", "file", "logins"];
 const AUTH_COMMAND_KEYS: &[&str] = &["command", "run_as", "timeout"];
@@ -607,6 +673,7 @@ const AUTH_IAM_KEYS: &[&str] = &[
     "timeout",
     "cache_dir",
 ];
+const AUTH_EIC_KEYS: &[&str] = &["ca_bundle", "timeout"];
 const AUTH_KEYS: &[&str] = &[
     "type",
     "dir",
@@ -621,8 +688,9 @@ const AUTH_KEYS: &[&str] = &[
     "stale_ttl",
     "negative_ttl",
     "cache_dir",
+    "ca_bundle",
 ];
-const ALLOW_KEYS: &[&str] = &["principals", "to"];
+const ALLOW_KEYS: &[&str] = &["principals", "to", "os_users"];
 
 fn lookup(schema: &[(&'static str, Kind)], name: &str) -> Option<Kind> {
     schema.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
@@ -880,6 +948,7 @@ fn build(
             proxy_protocol: body.proxy_protocol,
             auth: body.auth,
             allow: body.allow,
+            eic: body.eic,
             audit: body.audit,
             sandbox: body.sandbox,
             limits: body.limits,
@@ -922,6 +991,7 @@ struct Body {
     proxy_protocol: bool,
     auth: Vec<AuthSource>,
     allow: Vec<AllowRule>,
+    eic: Eic,
     audit: Audit,
     sandbox: Sandbox,
     limits: Limits,
@@ -1287,6 +1357,7 @@ impl Reader<'_> {
         let audit = self.audit(&mut root);
         let sandbox = self.sandbox(&mut root);
         let limits = self.limits(&mut root);
+        let eic = self.eic(&mut root);
         self.leftovers(root, "", &names(ROOT_KEYS));
         Some(Body {
             listen: listen?,
@@ -1296,6 +1367,7 @@ impl Reader<'_> {
             proxy_protocol: proxy_protocol?,
             auth: auth?,
             allow: allow?,
+            eic: eic?,
             audit: audit?,
             sandbox: sandbox?,
             limits: limits?,
@@ -1435,7 +1507,7 @@ impl Reader<'_> {
                 self.push(
                     &type_key,
                     "missing",
-                    Some("set type = \"file\", \"command\" or \"iam\"".into()),
+                    Some("set type = \"file\", \"command\", \"iam\" or \"eic\"".into()),
                 );
                 None
             }
@@ -1444,19 +1516,12 @@ impl Reader<'_> {
             Some("file") => self.auth_file(&p, &mut t),
             Some("command") => self.auth_command(&p, &mut t),
             Some("iam") => self.auth_iam(&p, &mut t),
-            Some(other @ "eic") => {
-                self.push(
-                    &type_key,
-                    format!("type {other:?} is not supported by this build yet"),
-                    Some("use type = \"file\", \"command\" or \"iam\"".into()),
-                );
-                None
-            }
+            Some("eic") => self.auth_eic(&p, &mut t),
             Some(other) => {
                 self.push(
                     &type_key,
                     format!(
-                        "unknown type {other:?}; known types are \"file\", \"command\" and \"iam\""
+                        "unknown type {other:?}; known types are \"file\", \"command\", \"iam\" and \"eic\""
                     ),
                     None,
                 );
@@ -1688,6 +1753,94 @@ impl Reader<'_> {
         }))
     }
 
+    fn auth_eic(&mut self, p: &str, t: &mut Table) -> Option<AuthSource> {
+        let key = format!("{p}.ca_bundle");
+        let ca_bundle = match t.remove("ca_bundle") {
+            Some(v) => self
+                .path(&key, v)
+                .filter(|path| self.check_ca_bundle(&key, path)),
+            None => match SYSTEM_CA_BUNDLES.iter().find(|b| Path::new(b).is_file()) {
+                Some(b) => Some(PathBuf::from(b)),
+                None => {
+                    self.push(
+                        &key,
+                        format!(
+                            "no system CA bundle found (looked for {})",
+                            SYSTEM_CA_BUNDLES.join(", ")
+                        ),
+                        Some("install ca-certificates, or set ca_bundle to a PEM file of trust anchors".into()),
+                    );
+                    None
+                }
+            },
+        };
+        let timeout = self.field(t, p, "timeout", EIC_TIMEOUT, |r, k, v| {
+            r.duration(k, v, true)
+        });
+        self.foreign_auth_keys(t, p, "eic", AUTH_EIC_KEYS);
+        Some(AuthSource::Eic(EicAuth {
+            ca_bundle: ca_bundle?,
+            timeout: timeout?,
+        }))
+    }
+
+    /// A readable PEM file with at least one certificate.
+    fn check_ca_bundle(&mut self, key: &str, path: &Path) -> bool {
+        match std::fs::read_to_string(path) {
+            Ok(text) => match crate::eic_verify::Anchors::from_pem(&text) {
+                Ok(a) if !a.is_empty() => true,
+                Ok(_) => {
+                    self.push(
+                        key,
+                        format!("{} holds no certificate", path.display()),
+                        None,
+                    );
+                    false
+                }
+                Err(e) => {
+                    self.push(key, format!("{}: {e}", path.display()), None);
+                    false
+                }
+            },
+            Err(e) => {
+                self.push(key, format!("cannot read {}: {e}", path.display()), None);
+                false
+            }
+        }
+    }
+
+    fn eic(&mut self, root: &mut Table) -> Option<Eic> {
+        let mut t = self.section(root, "eic")?;
+        let e = "eic";
+        let push = self.field(&mut t, e, "push", false, Self::boolean);
+        let default_users: Vec<String> = EIC_OS_USERS.iter().map(|u| u.to_string()).collect();
+        let os_users = self.field(&mut t, e, "os_users", default_users, |r, k, v| {
+            r.os_users(k, v)
+        });
+        let timeout = self.field(&mut t, e, "timeout", EIC_PUSH_TIMEOUT, |r, k, v| {
+            r.duration(k, v, true)
+        });
+        self.leftovers(t, e, &names(EIC_KEYS));
+        Some(Eic {
+            push: push?,
+            os_users: os_users?,
+            timeout: timeout?,
+        })
+    }
+
+    /// A non-empty list of OS user names as EC2 Instance Connect accepts them.
+    fn os_users(&mut self, key: &str, v: Value) -> Option<Vec<String>> {
+        let list = self.non_empty_strings(key, v)?;
+        let mut ok = true;
+        for (i, u) in list.iter().enumerate() {
+            if let Err(why) = crate::eic::validate_os_user(u) {
+                self.push(&format!("{key}[{i}]"), why, None);
+                ok = false;
+            }
+        }
+        ok.then_some(list)
+    }
+
     fn allow(&mut self, root: &mut Table) -> Option<Vec<AllowRule>> {
         let Some(v) = root.remove("allow") else {
             return Some(Vec::new());
@@ -1708,10 +1861,15 @@ impl Reader<'_> {
             };
             let principals = required(self, "principals");
             let to = required(self, "to");
+            let os_users = match t.remove("os_users") {
+                None => Some(None),
+                Some(v) => self.os_users(&format!("{key}.os_users"), v).map(Some),
+            };
             self.leftovers(t, &key, ALLOW_KEYS);
             Some(AllowRule {
                 principals: principals?,
                 to: to?,
+                os_users: os_users?,
                 key,
             })
         }))
@@ -2913,7 +3071,7 @@ drain_delay = "15s"
         assert_eq!(e.key, "auth[0].type");
         assert_eq!(
             e.message,
-            "unknown type \"ldap\"; known types are \"file\", \"command\" and \"iam\""
+            "unknown type \"ldap\"; known types are \"file\", \"command\", \"iam\" and \"eic\""
         );
 
         let e = one(f.load(
@@ -3083,6 +3241,89 @@ drain_delay = "15s"
     }
 
     #[test]
+    fn eic_source_and_push() {
+        let f = fixture();
+        let bundle = f.write("anchors.pem", include_str!("testdata/eic/bundle.pem"));
+        let base = format!("host_keys = [{:?}]\n", f.key);
+        let cfg = ok(f.load(
+            &format!(
+                "{base}[[auth]]\ntype = \"eic\"\nca_bundle = {bundle:?}\ntimeout = \"2s\"\n\
+                 [[allow]]\nprincipals = [\"*\"]\nto = [\"tag:env=dev:22\"]\nos_users = [\"ubuntu\"]\n\
+                 [eic]\npush = true\nos_users = [\"ec2-user\", \"admin\"]\n"
+            ),
+            &[],
+            vec![],
+        ));
+        assert_eq!(
+            cfg.auth,
+            vec![AuthSource::Eic(EicAuth {
+                ca_bundle: bundle.clone(),
+                timeout: Duration::from_secs(2),
+            })]
+        );
+        assert_eq!(
+            cfg.eic,
+            Eic {
+                push: true,
+                os_users: vec!["ec2-user".into(), "admin".into()],
+                timeout: EIC_PUSH_TIMEOUT,
+            }
+        );
+        assert_eq!(cfg.allow[0].os_users, Some(vec!["ubuntu".to_string()]));
+        // Off by default, and from the environment too.
+        let file_auth = format!("{base}[[auth]]\ntype = \"file\"\ndir = {:?}\n", f.users);
+        let cfg = ok(f.load(&file_auth, &[("BASTION_EIC__PUSH", "true")], vec![]));
+        assert!(cfg.eic.push);
+        assert_eq!(cfg.eic.os_users, vec!["ec2-user".to_string()]);
+        assert!(!ok(f.load(&file_auth, &[], vec![])).eic.push);
+        // Every bad value names its key.
+        let not_pem = f.write("not.pem", "hello\n");
+        for (text, key, says) in [
+            (
+                format!("{base}[[auth]]\ntype = \"eic\"\nca_bundle = {not_pem:?}\n"),
+                "auth[0].ca_bundle",
+                "no certificate",
+            ),
+            (
+                format!("{base}[[auth]]\ntype = \"eic\"\nca_bundle = \"/nonexistent.pem\"\n"),
+                "auth[0].ca_bundle",
+                "cannot read",
+            ),
+            (
+                format!("{base}[[auth]]\ntype = \"eic\"\ngroups = [\"x\"]\n"),
+                "auth[0].groups",
+                "does not apply",
+            ),
+            (
+                format!("{file_auth}[eic]\nos_users = [\"bad user\"]\n"),
+                "eic.os_users[0]",
+                "not a user name",
+            ),
+            (
+                format!("{file_auth}[eic]\nos_users = []\n"),
+                "eic.os_users",
+                "must not be empty",
+            ),
+            (
+                format!("{file_auth}[eic]\npushh = true\n"),
+                "eic.pushh",
+                "",
+            ),
+            (
+                format!("{file_auth}[[allow]]\nprincipals = [\"*\"]\nto = [\"i-*:22\"]\nos_users = [\"-x\"]\n"),
+                "allow[0].os_users[0]",
+                "not a user name",
+            ),
+        ] {
+            let e = errs(f.load(&text, &[], vec![]));
+            assert!(
+                e.iter().any(|e| e.key == key && e.message.contains(says)),
+                "{text}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
     fn host_keys_from_ssm() {
         let f = fixture();
         let text = format!(
@@ -3119,21 +3360,6 @@ drain_delay = "15s"
             .message
             .contains("not a valid Secrets Manager secret reference"));
         assert!(e[4].message.contains("not a valid SSM parameter reference"));
-    }
-
-    #[test]
-    fn eic_is_not_supported_yet() {
-        let f = fixture();
-        {
-            let kind = "eic";
-            let text = format!("host_keys = [{:?}]\n[[auth]]\ntype = {kind:?}\n", f.key);
-            let e = one(f.load(&text, &[], vec![]));
-            assert_eq!(e.key, "auth[0].type");
-            assert_eq!(
-                e.message,
-                format!("type \"{kind}\" is not supported by this build yet")
-            );
-        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::authkeys::{parse_authorized_keys, KeyOptions, PublicKeyBlob};
 use crate::config::AuthSource;
+use crate::eic::EicSource;
 use crate::iam::{self, Freshness, IamSource, Record, SdkIam};
 
 /// Output of an AuthorizedKeysCommand beyond this is an error, not a key list.
@@ -76,6 +77,7 @@ enum Source {
         timeout: Duration,
     },
     Iam(Arc<IamSource<SdkIam>>),
+    Eic(Arc<EicSource>),
 }
 
 /// The configured key sources, in order.
@@ -149,6 +151,10 @@ impl KeySources {
                     SdkIam::new(c.assume_role_arn.clone(), c.timeout),
                     iam::Settings::from_config(c, want_groups),
                 )))),
+                AuthSource::Eic(c) => match EicSource::from_config(c) {
+                    Ok(src) => sources.push(Source::Eic(Arc::new(src))),
+                    Err(e) => errors.push((i, "ca_bundle", e)),
+                },
             }
         }
         if errors.is_empty() {
@@ -209,6 +215,10 @@ impl KeySources {
                         humantime::format_duration(s.stale_ttl)
                     )
                 }
+                Source::Eic(src) => format!(
+                    "eic: keys pushed with EC2 Instance Connect, read from the instance metadata service, {} trust anchors",
+                    src.anchors()
+                ),
             })
             .collect()
     }
@@ -221,6 +231,7 @@ impl KeySources {
         let mut audit: AuditFields = Vec::new();
         let mut reasons: Vec<String> = Vec::new();
         let mut answered: Option<&'static str> = None;
+        let mut decided_kind: Option<&'static str> = None;
         let (mut failed, mut restricted) = (false, false);
         for source in &self.sources {
             let (text, origin) = match source.keys_for(login, key, &fingerprint).await {
@@ -237,9 +248,14 @@ impl KeySources {
                     reason,
                     principal: p,
                     audit: fields,
+                    kind,
                     ..
                 }) => {
-                    restricted = true;
+                    if kind == "key_restricted" {
+                        restricted = true;
+                    } else {
+                        decided_kind = decided_kind.or(Some(kind));
+                    }
                     answered = Some(source.kind());
                     reasons.push(reason);
                     principal = principal.or(p);
@@ -305,7 +321,7 @@ impl KeySources {
         } else if known_login {
             "key_not_authorized"
         } else {
-            "unknown_login"
+            decided_kind.unwrap_or("unknown_login")
         };
         Lookup::Denied {
             reason,
@@ -323,6 +339,7 @@ impl Source {
             Source::Dir(_) | Source::File { .. } => "file",
             Source::Command { .. } => "command",
             Source::Iam(_) => "iam",
+            Source::Eic(_) => "eic",
         }
     }
 
@@ -343,8 +360,97 @@ impl Source {
                 timeout,
             } => run_command(argv, *uid, *gid, *timeout, login, key, fingerprint).await,
             Source::Iam(src) => iam_decide(src, login, key, fingerprint).await,
+            Source::Eic(src) => eic_decide(src, login, key, fingerprint).await,
         }
     }
+}
+
+/// The eic source's decision: a verified record for this login holding this key.
+async fn eic_decide(
+    src: &EicSource,
+    login: &str,
+    key: &PublicKeyBlob,
+    fingerprint: &str,
+) -> Answer {
+    let found = match src.keys_for(login, SystemTime::now()).await {
+        Ok(f) => f,
+        Err(failure) => {
+            return Answer::Failed(format!("eic: {}; refusing (fail closed)", failure.reason))
+        }
+    };
+    let deny = |reason: String, kind: &'static str, audit: AuditFields| {
+        Answer::Decided(Lookup::Denied {
+            reason,
+            principal: Some(login.to_string()),
+            audit,
+            source: Some("eic"),
+            kind,
+        })
+    };
+    let instance = Value::from(found.instance_id.clone());
+    if let Some(ok) = found.accepted.iter().find(|a| a.key.blob == key.blob) {
+        let r = &ok.record;
+        let mut audit: AuditFields = vec![
+            ("eic_instance", instance),
+            (
+                "eic_expires",
+                Value::from(humantime::format_rfc3339_seconds(r.expires).to_string()),
+            ),
+        ];
+        if let Some(fp) = &found.signer {
+            audit.push(("eic_signer", Value::from(fp.clone())));
+        }
+        if let Some(c) = &r.caller {
+            audit.push(("eic_caller", Value::from(c.clone())));
+        }
+        if let Some(q) = &r.request {
+            audit.push(("eic_request", Value::from(q.clone())));
+        }
+        return Answer::Decided(Lookup::Authorized(Authorized {
+            user: login.to_string(),
+            source: "eic".to_string(),
+            options: KeyOptions::default(),
+            groups: Vec::new(),
+            audit,
+        }));
+    }
+    let same_key = |line: &Option<String>| {
+        line.as_deref()
+            .and_then(|l| PublicKeyBlob::from_openssh(l).ok())
+            .is_some_and(|k| k.blob == key.blob)
+    };
+    if let Some((_, why)) = found.rejected.iter().find(|(line, _)| same_key(line)) {
+        return deny(
+            format!(
+                "eic: the EC2 Instance Connect record for key {fingerprint} was rejected: {why}"
+            ),
+            "key_restricted",
+            vec![("eic_instance", instance)],
+        );
+    }
+    let total = found.accepted.len() + found.rejected.len();
+    if total == 0 {
+        return deny(
+            format!(
+                "eic: no EC2 Instance Connect key was pushed for {login} to this instance ({}) in the last 60 s",
+                found.instance_id
+            ),
+            "unknown_login",
+            vec![("eic_instance", instance)],
+        );
+    }
+    let mut reason = format!(
+        "eic: key {fingerprint} is not among the {total} EC2 Instance Connect keys pushed for {login}"
+    );
+    if !found.rejected.is_empty() {
+        let whys: Vec<&str> = found.rejected.iter().map(|(_, w)| w.as_str()).collect();
+        reason.push_str(&format!(" ({} rejected: {})", whys.len(), whys.join("; ")));
+    }
+    deny(
+        reason,
+        "key_not_authorized",
+        vec![("eic_instance", instance)],
+    )
 }
 
 /// The iam source's decision: the IAM user the login names (widdix spellings

@@ -15,6 +15,8 @@ pub mod authkeys;
 pub mod awsutil;
 pub mod cli;
 pub mod config;
+pub mod eic;
+pub mod eic_verify;
 pub mod health;
 pub mod hostkeys;
 pub mod iam;

@@ -70,6 +70,8 @@ pub struct Shared {
     pub log_filter: String,
     pub log_json: bool,
     pub metrics: crate::health::Metrics,
+    /// EC2 and EC2 Instance Connect, for targets asked for by instance id.
+    ec2: crate::eic::Ec2Api,
     /// PROXY protocol headers being awaited (at most `max_startups`).
     proxy_headers: Arc<tokio::sync::Semaphore>,
     exe: sandbox::WorkerExe,
@@ -145,6 +147,7 @@ impl Shared {
             .display()
             .to_string();
         let first_uid = config.sandbox.uid_base;
+        let ec2_timeout = config.eic.timeout;
         let max_startups = config.limits.max_startups;
         Shared {
             config,
@@ -155,6 +158,7 @@ impl Shared {
             log_filter,
             log_json,
             metrics: crate::health::Metrics::default(),
+            ec2: crate::eic::Ec2Api::new(ec2_timeout),
             proxy_headers: Arc::new(tokio::sync::Semaphore::new(max_startups)),
             exe: sandbox::WorkerExe::locate(),
             root_dir,
@@ -393,6 +397,8 @@ struct Identity {
     login: String,
     user: String,
     key_fp: String,
+    /// The public key the user authenticated with, for EC2 Instance Connect pushes.
+    key: PublicKeyBlob,
     options: KeyOptions,
     /// The principal's groups (IAM groups), for `group:` rules.
     groups: Vec<String>,
@@ -856,6 +862,7 @@ async fn authenticate(ctx: &SessionCtx, login: &str, key_line: &str, pid: i32) -
                 login: login.to_string(),
                 user: who.user.clone(),
                 key_fp: fp.clone(),
+                key: key.clone(),
                 options: who.options,
                 groups: who.groups,
             });
@@ -892,7 +899,7 @@ async fn forward(ctx: Arc<SessionCtx>, id: u64, host: String, port: u32, origina
     } else {
         format!("{host}:{port}")
     };
-    let decision = decide(shared, identity, &host, port).await;
+    let decision = decide(&ctx, identity, &host, port).await;
     let (allowed, reason, addr) = match &decision {
         Decision::Allow { addr, reason, .. } => (true, reason.clone(), Some(*addr)),
         Decision::Deny { reason } => (false, reason.clone(), None),
@@ -984,7 +991,10 @@ async fn reply(
 }
 
 /// Key options first (they narrow), then the policy over the resolved addresses.
-async fn decide(shared: &Shared, identity: &Identity, host: &str, port: u32) -> Decision {
+/// An instance id is resolved with EC2 and, when `[eic] push` is on and the policy
+/// allows it, the user's key is pushed to the instance before the answer.
+async fn decide(ctx: &SessionCtx, identity: &Identity, host: &str, port: u32) -> Decision {
+    let shared = &*ctx.shared;
     let deny = |reason: String| Decision::Deny { reason };
     let Ok(port) = u16::try_from(port) else {
         return deny(format!("port {port} is out of range"));
@@ -1011,6 +1021,14 @@ async fn decide(shared: &Shared, identity: &Identity, host: &str, port: u32) -> 
             "{host}:{port} is not among the key's permitopen destinations"
         ));
     }
+    let subject = Subject {
+        login: &identity.login,
+        user: &identity.user,
+        groups: &identity.groups,
+    };
+    if crate::eic::is_instance_id(host) {
+        return decide_instance(ctx, identity, &subject, host, port).await;
+    }
     let resolved: Vec<IpAddr> = match Policy::ip_literal(host) {
         Some(ip) => vec![ip],
         None => match tokio::time::timeout(
@@ -1033,12 +1051,97 @@ async fn decide(shared: &Shared, identity: &Identity, host: &str, port: u32) -> 
             Err(_) => return deny(format!("resolving {host} timed out")),
         },
     };
-    let subject = Subject {
-        login: &identity.login,
-        user: &identity.user,
-        groups: &identity.groups,
-    };
     shared.policy.decide(&subject, host, port, &resolved)
+}
+
+/// An instance asked for by id: no EC2 call unless some rule could allow it; then
+/// `DescribeInstances` (running, its private address, its tags), the policy, and
+/// the EC2 Instance Connect pushes, each audited as `eic.push`.
+async fn decide_instance(
+    ctx: &SessionCtx,
+    identity: &Identity,
+    subject: &Subject<'_>,
+    id: &str,
+    port: u16,
+) -> Decision {
+    let shared = &*ctx.shared;
+    let deny = |reason: String| Decision::Deny { reason };
+    if !shared.policy.could_allow_instance(subject, id, port) {
+        return deny(format!(
+            "no rule allows {} to reach {id} on port {port}",
+            subject.login
+        ));
+    }
+    let instance = match shared.ec2.describe(id).await {
+        Ok(i) => i,
+        Err(e) => return deny(e.reason),
+    };
+    if instance.state != "running" {
+        return deny(format!("instance {id} is {}, not running", instance.state));
+    }
+    let Some(ip) = instance.private_ip else {
+        return deny(format!("instance {id} has no private IP address"));
+    };
+    let decision = shared
+        .policy
+        .decide_with_tags(subject, id, port, &[ip], Some(&instance.tags));
+    let Decision::Allow { rule, .. } = &decision else {
+        return decision;
+    };
+    if !shared.config.eic.push {
+        return decision;
+    }
+    if let Err(why) = crate::eic::check_pushable(&identity.key) {
+        let ev = ctx
+            .event("eic.push")
+            .with("instance_id", id)
+            .with("success", false)
+            .with("reason", why.clone());
+        let _ = shared.audit.write(ev, false).await;
+        return deny(why);
+    }
+    let os_users = shared
+        .config
+        .allow
+        .get(*rule)
+        .and_then(|r| r.os_users.clone())
+        .unwrap_or_else(|| shared.config.eic.os_users.clone());
+    let key_line = identity.key.to_openssh();
+    for os_user in &os_users {
+        let result = shared.ec2.push(&instance, os_user, &key_line).await;
+        let mut ev = ctx
+            .event("eic.push")
+            .with("instance_id", id)
+            .with("os_user", os_user.clone())
+            .with("success", result.is_ok());
+        match &result {
+            Ok(p) => {
+                ev = ev
+                    .with_opt("request_id", p.request_id.clone())
+                    .with("duration_ms", p.took.as_millis() as u64);
+                tracing::info!(instance = id, os_user = %os_user, request_id = ?p.request_id, "pushed the key with EC2 Instance Connect");
+            }
+            Err(e) => {
+                ev = ev
+                    .with_opt("error", e.code.clone())
+                    .with("reason", e.reason.clone());
+                tracing::info!(instance = id, os_user = %os_user, reason = %e.reason, "EC2 Instance Connect push failed");
+            }
+        }
+        if let Err(e) = shared.audit.write(ev, true).await {
+            tracing::error!(error = %e, "audit trail unwritable; refusing the forward");
+            return deny(
+                "the bastion's audit trail cannot be written, so forwarding is refused".into(),
+            );
+        }
+        if let Err(e) = result {
+            return deny(format!(
+                "pushing your key to {id} for {os_user} with EC2 Instance Connect failed: {}",
+                e.reason
+            ));
+        }
+    }
+    decision
 }
 
 struct ExitStatus {

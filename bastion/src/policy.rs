@@ -10,6 +10,11 @@
 //! the bastion's own addresses) are never matched by a name rule, a wildcard
 //! or a wider CIDR: only by a rule whose own network lies inside the
 //! protected range (for own addresses: names exactly that address).
+//!
+//! EC2 instances may be asked for by id (`ssh -J bastion ec2-user@i-0123…`):
+//! the monitor resolves the id to the instance's private address and passes
+//! its tags in, so rules can name instances by id glob (`i-*:22`, matched
+//! like a name) or by tag (`tag:env=dev:22`).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -42,6 +47,10 @@ pub enum PolicyError {
     BadHost { target: String, host: String },
     #[error("an IPv6 address with a port must be in brackets, like [::1]:22 (in {0:?})")]
     Unbracketed(String),
+    #[error(
+        "{0:?} is not a tag target; write tag:KEY=VALUE or tag:KEY=VALUE:PORT (VALUE may use *)"
+    )]
+    BadTag(String),
 }
 
 /// Where in a rule a problem was found.
@@ -103,6 +112,12 @@ pub enum HostPattern {
     Net(IpNet),
     /// Lowercase, no trailing dot, may contain `*`.
     Name(String),
+    /// `tag:KEY=VALUE`: an EC2 instance asked for by id whose tag KEY matches VALUE (which
+    /// may contain `*`); both compared case-sensitively, as EC2 does.
+    Tag {
+        key: String,
+        value: String,
+    },
 }
 
 /// One `to` entry: `HOST[:PORT|:LO-HI]`.
@@ -166,12 +181,70 @@ fn parse_host(target: &str, host: &str) -> Result<HostPattern, PolicyError> {
     }
 }
 
+/// `tag:KEY=VALUE[:PORT|:LO-HI]`: the port part is the text after the last `:` when it is
+/// one (a value that itself contains `:` needs the port written).
+fn parse_tag(t: &str, rest: &str) -> Result<Target, PolicyError> {
+    let bad = || PolicyError::BadTag(t.into());
+    let (key, value) = rest.split_once('=').ok_or_else(bad)?;
+    let is_port_part = |p: &str| {
+        !p.is_empty()
+            && p.split('-').count() <= 2
+            && p.chars().all(|c| c.is_ascii_digit() || c == '-')
+    };
+    let (value, port) = match value.rsplit_once(':') {
+        Some((v, p)) if is_port_part(p) => (v, Some(p)),
+        _ => (value, None),
+    };
+    // EC2's limits: keys 1-128 characters, values up to 256; no control characters.
+    let key_ok = !key.is_empty() && key.len() <= 128 && !key.contains('*');
+    let value_ok = value.len() <= 256;
+    if !key_ok || !value_ok || t.chars().any(char::is_control) {
+        return Err(bad());
+    }
+    let (lo, hi) = parse_ports(t, port)?;
+    Ok(Target {
+        host: HostPattern::Tag {
+            key: key.to_string(),
+            value: value.to_string(),
+        },
+        lo,
+        hi,
+        text: t.to_string(),
+    })
+}
+
+fn parse_ports(t: &str, port: Option<&str>) -> Result<(u16, u16), PolicyError> {
+    Ok(match port {
+        None => (1, 65535),
+        Some(p) => match p.split_once('-') {
+            Some((a, b)) => {
+                let (lo, hi) = (parse_port(t, a)?, parse_port(t, b)?);
+                if lo > hi {
+                    return Err(PolicyError::ReversedRange {
+                        target: t.into(),
+                        lo,
+                        hi,
+                    });
+                }
+                (lo, hi)
+            }
+            None => {
+                let n = parse_port(t, p)?;
+                (n, n)
+            }
+        },
+    })
+}
+
 impl FromStr for Target {
     type Err = PolicyError;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let t = text.trim();
         if t.is_empty() {
             return Err(PolicyError::EmptyTarget);
+        }
+        if let Some(rest) = t.strip_prefix("tag:") {
+            return parse_tag(t, rest);
         }
         // Split HOST from the optional port part.
         let (host, port): (&str, Option<&str>) = if let Some(rest) = t.strip_prefix('[') {
@@ -206,26 +279,7 @@ impl FromStr for Target {
             }
         };
         let host = parse_host(t, host)?;
-        let (lo, hi) = match port {
-            None => (1, 65535),
-            Some(p) => match p.split_once('-') {
-                Some((a, b)) => {
-                    let (lo, hi) = (parse_port(t, a)?, parse_port(t, b)?);
-                    if lo > hi {
-                        return Err(PolicyError::ReversedRange {
-                            target: t.into(),
-                            lo,
-                            hi,
-                        });
-                    }
-                    (lo, hi)
-                }
-                None => {
-                    let n = parse_port(t, p)?;
-                    (n, n)
-                }
-            },
-        };
+        let (lo, hi) = parse_ports(t, port)?;
         Ok(Target {
             host,
             lo,
@@ -456,6 +510,36 @@ impl Policy {
         port: u16,
         resolved: &[IpAddr],
     ) -> Decision {
+        self.decide_with_tags(subject, requested_host, port, resolved, None)
+    }
+
+    /// Whether any rule could allow `subject` to reach the instance `id` on `port` (by id
+    /// glob or by tag), before anything is asked of EC2: no API call is made for a
+    /// request no rule could allow, so users cannot probe for instances.
+    pub fn could_allow_instance(&self, subject: &Subject, id: &str, port: u16) -> bool {
+        let id = id.to_ascii_lowercase();
+        self.rules
+            .iter()
+            .filter(|r| Self::applies(r, subject))
+            .flat_map(|r| &r.to)
+            .filter(|t| (t.lo..=t.hi).contains(&port))
+            .any(|t| match &t.host {
+                HostPattern::Tag { .. } => true,
+                HostPattern::Name(p) => glob(p, &id),
+                HostPattern::Net(_) => false,
+            })
+    }
+
+    /// [`Policy::decide`] for an EC2 instance asked for by id: `tags` are its tags, for
+    /// `tag:` targets (which match nothing else).
+    pub fn decide_with_tags(
+        &self,
+        subject: &Subject,
+        requested_host: &str,
+        port: u16,
+        resolved: &[IpAddr],
+        tags: Option<&[(String, String)]>,
+    ) -> Decision {
         let applicable: Vec<(usize, &Rule)> = self
             .rules
             .iter()
@@ -487,7 +571,10 @@ impl Policy {
                             n.contains(&ip) && range.contains(n)
                         }
                         (HostPattern::Name(p), None) => !literal && glob(p, &name),
-                        (HostPattern::Name(_), Some(_)) => false,
+                        (HostPattern::Tag { key, value }, None) => tags.is_some_and(|tags| {
+                            tags.iter().any(|(k, v)| k == key && glob(value, v))
+                        }),
+                        (HostPattern::Name(_) | HostPattern::Tag { .. }, Some(_)) => false,
                     };
                     if ok {
                         return Decision::Allow {
@@ -507,7 +594,7 @@ impl Policy {
                     .any(|t| match &t.host {
                         HostPattern::Net(n) if kind == Protected::Own => *n == IpNet::from(ip),
                         HostPattern::Net(n) => n.contains(&ip) && range.contains(n),
-                        HostPattern::Name(_) => false,
+                        HostPattern::Name(_) | HostPattern::Tag { .. } => false,
                     });
                 if !named {
                     protected_reason = Some(format!(
@@ -807,6 +894,69 @@ mod tests {
             }
             d => panic!("{d:?}"),
         }
+    }
+
+    #[test]
+    fn instances_by_id_and_tag() {
+        let t: Target = "tag:aws:cloudformation:stack-name=web-*:22"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (t.lo, t.hi, t.host),
+            (
+                22,
+                22,
+                HostPattern::Tag {
+                    key: "aws:cloudformation:stack-name".into(),
+                    value: "web-*".into()
+                }
+            )
+        );
+        let t: Target = "tag:env=dev".parse().unwrap();
+        assert_eq!((t.lo, t.hi), (1, 65535));
+        for bad in ["tag:env", "tag:=dev:22", "tag:e*=dev", "tag:env=dev:0"] {
+            assert!(bad.parse::<Target>().is_err(), "{bad}");
+        }
+        let p = policy(&[(&["alice"], &["tag:env=dev:22", "i-0aa*:22"])]);
+        let who = Subject {
+            login: "alice",
+            user: "alice",
+            groups: &[],
+        };
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let dev = vec![("env".to_string(), "dev".to_string())];
+        let prod = vec![("env".to_string(), "prod".to_string())];
+        let ask = |id: &str, port: u16, tags: &[(String, String)]| {
+            p.decide_with_tags(&who, id, port, &[ip], Some(tags))
+        };
+        assert!(allowed(&ask("i-0123456789abcdef0", 22, &dev)));
+        assert!(!allowed(&ask("i-0123456789abcdef0", 22, &prod)));
+        assert!(!allowed(&ask("i-0123456789abcdef0", 23, &dev)));
+        // Tag values are case-sensitive, as in EC2.
+        let dev_upper = vec![("env".to_string(), "Dev".to_string())];
+        assert!(!allowed(&ask("i-0123456789abcdef0", 22, &dev_upper)));
+        assert!(allowed(&ask("i-0aa3456789abcdef0", 22, &prod)));
+        assert!(p.could_allow_instance(&who, "i-0123456789abcdef0", 22));
+        assert!(!p.could_allow_instance(&who, "i-0123456789abcdef0", 23));
+        let ids_only = policy(&[(&["alice"], &["i-0aa*:22", "10.0.0.0/8:22"])]);
+        assert!(ids_only.could_allow_instance(&who, "i-0aa3456789abcdef0", 22));
+        assert!(!ids_only.could_allow_instance(&who, "i-0bb3456789abcdef0", 22));
+        let bob = Subject {
+            login: "bob",
+            user: "bob",
+            groups: &[],
+        };
+        assert!(!p.could_allow_instance(&bob, "i-0123456789abcdef0", 22));
+        // A tag rule matches nothing that is not an instance, and never a protected address.
+        assert!(!allowed(&p.decide(&who, "10.1.2.3", 22, &[ip])));
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(!allowed(&p.decide_with_tags(
+            &who,
+            "i-0123456789abcdef0",
+            22,
+            &[lo],
+            Some(&dev)
+        )));
     }
 
     #[test]

@@ -137,8 +137,21 @@ module "bastion" {
       principals = ["group:dba"]
       to         = ["*.internal:5432"]
     },
+    # Instances tagged env=dev, asked for by id (ssh -J alice@bastion
+    # ec2-user@i-0123…), for the dev group: the bastion pushes the user's key
+    # to them with EC2 Instance Connect, so they need no keys of their own.
+    {
+      principals = ["group:dev"]
+      to         = ["tag:env=dev:22"]
+      os_users   = ["ec2-user"]
+    },
   ]
   onward_ports = [22, 5432]
+
+  # The instance role may push keys only to instances tagged env=dev, as ec2-user.
+  eic_push               = true
+  eic_os_users           = ["ec2-user"]
+  eic_push_instance_tags = { env = "dev" }
 
   min_size         = 2
   max_size         = 4

@@ -14,6 +14,7 @@ import os
 import pytest
 
 from aws import FaultProxy, Iam, MotoServer
+from eic import EicService
 from fixtures import Bastion, Netns, SshConfigs, run_client as _run_client
 from harness import Env
 
@@ -123,3 +124,41 @@ def iam(moto):
     """An `aws.Iam` in moto's default account 123456789012, talking to moto directly
     (not through `iam_proxy`, so setup calls are neither counted nor faulted)."""
     return Iam(moto.url)
+
+
+# --------------------------------------------------------------------------
+# EC2 and EC2 Instance Connect: see tests/EIC_EMULATOR.md
+
+
+def _boto(kind: str, url: str, validate: bool = True):
+    import boto3
+    from botocore.config import Config
+    return boto3.session.Session().client(
+        kind, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        # parameter_validation=False: botocore would refuse too-short values itself, and the point
+        # is to see what the (emulated) service says to a client that does not validate (the Rust SDK).
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, parameter_validation=validate,
+                      connect_timeout=5, read_timeout=30))
+
+
+@pytest.fixture
+def ec2(moto):
+    """A boto3 EC2 client talking to moto directly (setup calls)."""
+    return _boto("ec2", moto.url)
+
+
+@pytest.fixture
+def eic(env, moto):
+    """The EC2 Instance Connect emulator (API + one IMDS per instance) on a free port, resolving
+    instances in `moto`, closed at teardown."""
+    svc = EicService(moto.url, env.tmp / "eic")
+    env.p.cleanups.append(svc.close)
+    return svc
+
+
+@pytest.fixture
+def eic_client(eic):
+    """A real `ec2-instance-connect` client (boto3, as `aws ec2-instance-connect`) for the
+    emulator, without client-side validation."""
+    return _boto("ec2-instance-connect", eic.url, validate=False)

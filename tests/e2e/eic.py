@@ -2,7 +2,8 @@
 
 moto's EC2 Instance Connect is a stub (it answers Success and stores nothing), so this module
 emulates both halves of the real service, faithfully enough for the bastion's `eic` key source
-and its SendSSHPublicKey client to be tested against it. Everything listens on 127.0.0.1.
+and its SendSSHPublicKey client to be tested against it. Everything listens on 127.0.0.1, except an
+`Imds` given another address (`eic.imds(iid, bind="10.199.7.1")`, for an instance in a namespace).
 
 - `Clock`: the emulator's notion of "now" (starts at the real time, moves only by `advance()`), so
   a test can expire a pushed key with `clock.advance(61)` instead of sleeping.
@@ -388,24 +389,25 @@ class Call:
 
 
 class _Listener:
-    """Listening on 127.0.0.1:<port> with a handler class; `_unlisten()` closes the socket (and
-    every open connection), so clients get "connection refused", and `_listen()` binds the SAME
-    port again."""
+    """Listening on <bind>:<port> (127.0.0.1 unless `_init_listener(bind=...)`) with a handler
+    class; `_unlisten()` closes the socket (and every open connection), so clients get "connection
+    refused", and `_listen()` binds the SAME address and port again."""
 
     handler = None  # a BaseHTTPRequestHandler subclass, set by subclasses
     name = "listener"
 
-    def _init_listener(self) -> None:
+    def _init_listener(self, bind: str = "127.0.0.1") -> None:
         self._conns: set = set()
         self._conn_lock = threading.Lock()
         self._server = None
+        self.bind = bind
         self.port = 0
         self._listen()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{bind}:{self.port}"
 
     def _listen(self) -> None:
         def make(port):
-            srv = LocalHTTPServer(("127.0.0.1", port), self.handler)
+            srv = LocalHTTPServer((self.bind, port), self.handler)
             srv.owner = self
             return srv
 
@@ -665,8 +667,11 @@ class EicService(_Listener):
 
     # --- IMDS ----------------------------------------------------------------
     def imds(self, instance_id: str, az: str | None = None, **kw) -> "Imds":
-        """The IMDS of emulated instance `instance_id` (started on first use, then the same one).
-        The AvailabilityZone comes from moto unless given."""
+        """The IMDS of emulated instance `instance_id` (started on first use, then the same one;
+        later calls ignore the arguments). The AvailabilityZone comes from moto unless given.
+        `bind="10.199.7.1"` listens on that (already configured) address instead of 127.0.0.1,
+        so processes in a network namespace can reach it, as an instance reaches 169.254.169.254;
+        `.url` names that address."""
         with self._lock:
             existing = self._imds.get(instance_id)
         if existing is not None:
@@ -800,8 +805,8 @@ class _ImdsHandler(_BaseHandler):
 
 
 class Imds(_Listener):
-    """The IMDSv2 endpoint of one emulated instance: http://127.0.0.1:<port> (`.url`; give it to
-    the bastion as AWS_EC2_METADATA_SERVICE_ENDPOINT, see `env()`).
+    """The IMDSv2 endpoint of one emulated instance: http://127.0.0.1:<port>, or <bind>:<port> when
+    given `bind` (`.url`; give it to the bastion as AWS_EC2_METADATA_SERVICE_ENDPOINT, see `env()`).
 
     IMDSv2 (tokens required, as with HttpTokens=required):
       PUT /latest/api/token with `X-aws-ec2-metadata-token-ttl-seconds: 1..21600` -> 200, the token
@@ -841,7 +846,7 @@ class Imds(_Listener):
     name = "imds"
 
     def __init__(self, service: EicService, instance_id: str, az: str, domain: str = DEFAULT_DOMAIN,
-                 sig_wrap: int | None = None):
+                 sig_wrap: int | None = None, bind: str = "127.0.0.1"):
         self.service, self.instance_id, self.az, self.domain = service, instance_id, az, domain
         m = re.fullmatch(r"((?:[a-z]+-)+[0-9]+)[a-z]+", az)
         self.region = m.group(1) if m else az[:-1]
@@ -857,7 +862,7 @@ class Imds(_Listener):
         self.mode, self.delay = "up", 3.0
         self.requests: list[tuple[str, str, int]] = []
         self._closed = False
-        self._init_listener()
+        self._init_listener(bind)
 
     def env(self) -> dict:
         """The variables that point an AWS-SDK-style IMDS client at this endpoint (merge over

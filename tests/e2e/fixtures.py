@@ -374,6 +374,20 @@ class Netns:
             sh(["ip", "-n", ns, "link", "set", dev, "up"])
         return a, b
 
+    def veth_host(self, ns: str, host_addr: str, ns_addr: str) -> tuple[str, str]:
+        """A veth pair between the HOST's namespace (`host_addr`, CIDR) and `ns` (`ns_addr`), up:
+        processes on the host (a bastion's monitor) reach the namespace's address and back."""
+        a, b = f"bt{uuid.uuid4().hex[:8]}", f"bt{uuid.uuid4().hex[:8]}"
+        sh(["ip", "link", "add", a, "type", "veth", "peer", "name", b])
+        # Deleting one end deletes the pair; at teardown before the namespace goes.
+        self.procs.cleanups.append(lambda: subprocess.run(["ip", "link", "del", a], capture_output=True))
+        sh(["ip", "link", "set", b, "netns", ns])
+        sh(["ip", "addr", "add", host_addr, "dev", a])
+        sh(["ip", "link", "set", a, "up"])
+        sh(["ip", "-n", ns, "addr", "add", ns_addr, "dev", b])
+        sh(["ip", "-n", ns, "link", "set", b, "up"])
+        return a, b
+
     def route(self, ns: str, dest: str, via: str) -> None:
         sh(["ip", "-n", ns, "route", "add", dest, "via", via])
 

@@ -29,39 +29,7 @@ from eic import (CHAIN_FAULTS, DEFAULT_CALLER, KEY_LIFETIME, OTHER_INSTANCE, REC
 USER = "ec2-user"
 
 # --------------------------------------------------------------------------
-# fixtures (module-local: conftest.py stays as it is)
-
-
-def _boto(kind: str, url: str, validate: bool = True):
-    import boto3
-    from botocore.config import Config
-    return boto3.session.Session().client(
-        kind, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        # parameter_validation=False: botocore would refuse too-short values itself, and the point
-        # is to see what the (emulated) service says to a client that does not validate (the Rust SDK).
-        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, parameter_validation=validate,
-                      connect_timeout=5, read_timeout=30))
-
-
-@pytest.fixture
-def ec2(moto):
-    """A boto3 EC2 client talking to moto directly."""
-    return _boto("ec2", moto.url)
-
-
-@pytest.fixture
-def eic(env, moto):
-    """An EicService on a free port, resolving instances in `moto`, closed at teardown."""
-    svc = EicService(moto.url, env.tmp / "eic")
-    env.p.cleanups.append(svc.close)
-    return svc
-
-
-@pytest.fixture
-def eic_client(eic):
-    """A boto3 `ec2-instance-connect` client for the emulator, without client-side validation."""
-    return _boto("ec2-instance-connect", eic.url, validate=False)
+# fixtures (ec2, eic and eic_client are in conftest.py)
 
 
 @pytest.fixture
@@ -540,6 +508,24 @@ def test_imds_down_knobs(eic, run_instance):
     token(imds.url)
     assert time.monotonic() - t >= 0.9
     imds.set_mode("up")
+
+
+
+def test_imds_bound_to_another_address(eic, run_instance):
+    """`eic.imds(iid, bind=...)` listens on that address only (here 127.0.0.2; the EIC suite binds
+    a veth address so an instance's namespace can reach it), also after refuse/up."""
+    iid = run_instance()
+    imds = eic.imds(iid, bind="127.0.0.2")
+    assert imds.url == f"http://127.0.0.2:{imds.port}" and imds.bind == "127.0.0.2"
+    assert imds_fetch(imds.url, USER).instance_id == iid
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", imds.port), timeout=2).close()
+    imds.set_mode("refuse")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.2", imds.port), timeout=2).close()
+    imds.set_mode("up")
+    assert imds_fetch(imds.url, USER).instance_id == iid
+    assert eic.imds(iid) is imds and eic.url.startswith("http://127.0.0.1:")
 
 
 # --------------------------------------------------------------------------

@@ -181,6 +181,32 @@ VALIDATION_CASES = [
     ("KMS alias for a key", {"kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:alias/bastion"}, "must be a KMS key ARN"),
     ("supplied host key", {"host_key_parameter_name": "/shared/bastion/host_ed25519_key"}, None),
     ("host key name with a space", {"host_key_parameter_name": "/shared/host key"}, "must be an SSM parameter name"),
+    # EC2 Instance Connect
+    ("EIC login and push", {"eic_auth": True, "eic_push": True, "eic_os_users": ["ec2-user", "ubuntu", "_svc$", "a"],
+                            "eic_push_instance_tags": {"env": "dev", "aws:cloudformation:stack-name": "web tier"},
+                            "allow_rules": [{"principals": ["group:dev"], "to": ["tag:env=dev:22", "i-0abc*:22"],
+                                             "os_users": ["ubuntu", "admin.ops"]},
+                                            {"principals": ["*"], "to": ["10.0.0.0/8:22"], "os_users": None}]}, None),
+    ("instance targets", {"allow_rules": [{"principals": ["*"], "to": [
+        "tag:env=dev:22", "tag:aws:cloudformation:stack-name=web-*:22", "tag:team=a:8000-8100", "i-0abc*:22", "i-*:22"]}]},
+     None),
+    ("user policy for federated logins", {"eic_auth": True, "eic_user_policy_os_user": "${aws:PrincipalTag/login}"}, None),
+    ("user policy for one login", {"eic_auth": True, "eic_user_policy_os_user": "ec2-user"}, None),
+    ("user policy login with a space", {"eic_user_policy_os_user": "alice bob"}, "eic_user_policy_os_user must be"),
+    ("no EIC OS users", {"eic_os_users": []}, "eic_os_users must list at least one OS user name"),
+    ("EIC OS user with a space", {"eic_os_users": ["ec2 user"]}, "eic_os_users must list at least one OS user name"),
+    ("EIC OS user starting with a hyphen", {"eic_os_users": ["-oProxyCommand"]}, "eic_os_users must list"),
+    ("EIC OS user too long", {"eic_os_users": ["a" * 33]}, "eic_os_users must list"),
+    ("EIC OS user with a dollar inside", {"eic_os_users": ["a$b"]}, "eic_os_users must list"),
+    ("rule OS user not EIC's", {"allow_rules": [{"principals": ["*"], "to": ["i-*:22"], "os_users": ["root;id"]}]},
+     "An allow rule's os_users must be null or list OS user names"),
+    ("rule with no OS users", {"allow_rules": [{"principals": ["*"], "to": ["i-*:22"], "os_users": []}]},
+     "An allow rule's os_users must be null or list OS user names"),
+    ("instance tags without the push", {"eic_push_instance_tags": {"env": "dev"}}, "only applies with eic_push = true"),
+    ("instance tag key with a quote", {"eic_push": True, "eic_push_instance_tags": {'env"': "dev"}},
+     "eic_push_instance_tags must map tag keys"),
+    ("instance tag key empty", {"eic_push": True, "eic_push_instance_tags": {"": "dev"}},
+     "eic_push_instance_tags must map tag keys"),
 ]
 
 
@@ -239,6 +265,9 @@ def config_vars(**over):
         "iam_groups": ["bastion-users"],
         "assume_role_arn": "",
         "allow_rules": [{"principals": ["*"], "to": ["10.42.0.0/16:22"]}],
+        "eic_auth": False,
+        "eic_push": False,
+        "eic_os_users": ["ec2-user"],
         "audit_dir": "/var/log/bastion",
         "cloudwatch_log_group": "/bastion/audit",
         "s3_bucket": "",
@@ -311,6 +340,13 @@ RENDER_CASES = {
         config_vars(proxy_protocol=True, allow_rules=[], assume_role_arn="arn:aws:iam::111111111111:role/x"),
         user_data_vars(docker_image="registry.example.com:5000/ops/bastion:1.2.3", extra_user_data=EXTRA),
     ),
+    "binary, EC2 Instance Connect login and push": (
+        config_vars(eic_auth=True, eic_push=True, eic_os_users=["ec2-user", "admin"],
+                    allow_rules=[{"principals": ["group:dev"], "to": ["tag:env=dev:22", "i-0abc*:22"], "os_users": ["ubuntu"]},
+                                 {"principals": ["group:ops"], "to": ["tag:aws:cloudformation:stack-name=web-*:22"]},
+                                 {"principals": ["*"], "to": ["10.42.0.0/16:22"]}]),
+        user_data_vars(binary_url="https://releases.example.com/bastion/v1/bastion-x86_64", binary_sha256=SHA_OF_NOTHING),
+    ),
 }
 
 
@@ -359,10 +395,13 @@ def test_rendered_config_passes_check_config(rendered, tmp_path):
     assert t["health_listen"] == f"0.0.0.0:{cfg['health_port']}"
     assert t["proxy_protocol"] is cfg["proxy_protocol"]
     assert t["host_keys"] == [cfg["host_key_ref"]]
-    (auth,) = t["auth"]
+    auth, *more = t["auth"]
     assert auth["type"] == "iam" and auth["groups"] == cfg["iam_groups"]
     assert auth.get("assume_role_arn", "") == cfg["assume_role_arn"]
+    # EC2 Instance Connect: a second key source (the defaults), and the onward push.
+    assert more == ([{"type": "eic"}] if cfg["eic_auth"] else [])
     assert t.get("allow", []) == cfg["allow_rules"]
+    assert t.get("eic") == ({"push": True, "os_users": cfg["eic_os_users"]} if cfg["eic_push"] else None)
     assert t["audit"]["dir"] == cfg["audit_dir"]
     assert t["audit"].get("cloudwatch_log_group", "") == cfg["cloudwatch_log_group"]
     assert t["audit"].get("s3_bucket", "") == cfg["s3_bucket"]
@@ -598,3 +637,177 @@ def test_drain_watcher_stops_the_bastion_then_completes_the_hook(tmp_path):
     assert calls[complete] == (
         "aws --region eu-west-1 autoscaling complete-lifecycle-action --auto-scaling-group-name bastion "
         "--lifecycle-hook-name bastion-drain --instance-id i-0123456789abcdef0 --lifecycle-action-result CONTINUE")
+
+
+# --------------------------------------------------------------------------------------------
+# EC2 Instance Connect: eic.tf (the instance role's push statements, the users' policy) is
+# locals over the variables and four of main.tf's locals, so it is evaluated with
+# variables.tf alone and stand-ins for those four (no provider is needed).
+
+EIC_STAND_INS = """\
+locals {
+  partition  = "aws"
+  region     = %s
+  account_id = %s
+  asg_name   = var.name
+}
+"""
+
+
+def eic_locals(tmp_path, region="eu-west-1", account_id="123456789012", **changes):
+    """eic.tf's locals for GOOD + changes (None values are passed as null)."""
+    work = tmp_path / "eic"
+    work.mkdir(parents=True)
+    for f in ("variables.tf", "eic.tf"):
+        shutil.copy(MODULE / f, work / f)
+    (work / "stand-ins.tf").write_text(EIC_STAND_INS % (json.dumps(region), json.dumps(account_id)))
+    (work / "case.tfvars.json").write_text(json.dumps({**GOOD, **changes}))
+    expr = ("base64encode(jsonencode({ push = local.eic_push_policy, user = local.eic_user_policy, "
+            "os_users = local.eic_push_os_users }))")
+    r = run([tool("terraform"), "console", "-var-file=case.tfvars.json"], input=expr + "\n", cwd=work,
+            env=tf_env(tmp_path))
+    assert r.returncode == 0, f"terraform console failed:\n{r.stderr}"
+    out = r.stdout.strip()
+    assert out.startswith('"') and out.endswith('"'), out[:300]
+    return json.loads(base64.b64decode(out[1:-1]))
+
+
+def normalized(policy):
+    """A policy with every Action, Resource and condition value as a sorted list."""
+    def as_list(v):
+        return sorted(v) if isinstance(v, list) else [v]
+    statements = []
+    for st in policy["Statement"]:
+        st = dict(st)
+        st["Action"], st["Resource"] = as_list(st["Action"]), as_list(st["Resource"])
+        if "Condition" in st:
+            st["Condition"] = {op: {k: as_list(v) for k, v in keys.items()} for op, keys in st["Condition"].items()}
+        statements.append(st)
+    return {**policy, "Statement": statements}
+
+
+def test_eic_stand_ins_are_what_main_tf_defines():
+    main = (MODULE / "main.tf").read_text()
+    for name, value in (("partition", "data.aws_partition.current.partition"),
+                        ("region", "data.aws_region.current.name"),
+                        ("account_id", "data.aws_caller_identity.current.account_id"),
+                        ("asg_name", "var.name")):
+        assert re.search(rf"^\s*{name}\s*=\s*{re.escape(value)}\s*$", main, re.M), f"main.tf: {name} = {value}?"
+    # eic.tf needs nothing else of the module (it is evaluated without it).
+    used = set(re.findall(r"\blocal\.(\w+)", (MODULE / "eic.tf").read_text()))
+    defined = set(re.findall(r"^  (\w+)\s*=", (MODULE / "eic.tf").read_text(), re.M))
+    assert used - defined <= {"partition", "region", "account_id", "asg_name"}, used - defined
+
+
+def test_no_eic_push_statements_without_eic_push(tmp_path):
+    for changes in ({}, {"eic_auth": True, "eic_os_users": ["ubuntu"]}):
+        got = eic_locals(tmp_path / str(len(changes)), **changes)
+        assert got["push"] == {"Version": "2012-10-17", "Statement": []}
+
+
+def test_eic_push_statements(tmp_path):
+    rules = [{"principals": ["group:dev"], "to": ["tag:env=dev:22"], "os_users": ["ubuntu", "ec2-user"]},
+             {"principals": ["group:ops"], "to": ["i-0abc*:22"], "os_users": ["admin"]},
+             {"principals": ["*"], "to": ["10.0.0.0/8:22"]}]
+    got = eic_locals(tmp_path / "tags", eic_push=True, eic_os_users=["ec2-user"], allow_rules=rules,
+                     eic_push_instance_tags={"env": "dev", "aws:cloudformation:stack-name": "web"})
+    find, push = got["push"]["Statement"]
+    assert find == {"Sid": "FindTheInstanceAskedFor", "Effect": "Allow", "Action": ["ec2:DescribeInstances"],
+                    "Resource": ["*"]}
+    assert push == {
+        "Sid": "PushTheUsersKeyToIt", "Effect": "Allow",
+        "Action": ["ec2-instance-connect:SendSSHPublicKey"],
+        "Resource": ["arn:aws:ec2:eu-west-1:123456789012:instance/*"],
+        # Every OS user the bastion may push for, once: [eic] os_users and the rules' own.
+        "Condition": {"StringEquals": {"ec2:osuser": ["admin", "ec2-user", "ubuntu"],
+                                       "aws:ResourceTag/env": ["dev"],
+                                       "aws:ResourceTag/aws:cloudformation:stack-name": ["web"]}},
+    }
+    assert got["os_users"] == ["admin", "ec2-user", "ubuntu"]
+    # No tags: any instance of the account and region, still only for those OS users.
+    got = eic_locals(tmp_path / "any", eic_push=True, eic_os_users=["ec2-user", "ubuntu"])
+    _, push = got["push"]["Statement"]
+    assert push["Condition"] == {"StringEquals": {"ec2:osuser": ["ec2-user", "ubuntu"]}}
+    assert push["Resource"] == ["arn:aws:ec2:eu-west-1:123456789012:instance/*"]
+
+
+def test_eic_push_policy_is_the_documented_one(tmp_path):
+    """docs/iam/eic-push-policy.json is what the module grants for its example: the
+    default OS user, one rule's ubuntu and instances tagged env=dev."""
+    doc = json.loads((ROOT / "docs/iam/eic-push-policy.json").read_text())
+    got = eic_locals(tmp_path, region="REGION", account_id="ACCOUNT_ID", eic_push=True,
+                     allow_rules=[{"principals": ["group:dev"], "to": ["tag:env=dev:22"], "os_users": ["ubuntu"]}],
+                     eic_push_instance_tags={"env": "dev"})
+    assert normalized(got["push"]) == normalized(doc)
+    actions = lambda p: sorted(a for st in normalized(p)["Statement"] for a in st["Action"])
+    assert actions(got["push"]) == actions(doc) == ["ec2-instance-connect:SendSSHPublicKey", "ec2:DescribeInstances"]
+
+
+def test_eic_user_policy_is_the_documented_one(tmp_path):
+    doc = json.loads((ROOT / "docs/iam/eic-user-policy.json").read_text())
+    got = eic_locals(tmp_path / "default", region="REGION", account_id="ACCOUNT_ID", eic_auth=True)
+    assert normalized(got["user"]) == normalized(doc)
+    # The group's own instances (the tag Auto Scaling sets), for the caller's own login by default ...
+    cond = got["user"]["Statement"][0]["Condition"]["StringEquals"]
+    assert cond == {"aws:ResourceTag/aws:autoscaling:groupName": "bastion", "ec2:osuser": "${aws:username}"}
+    # ... or another login, or none at all.
+    got = eic_locals(tmp_path / "named", name="jump", eic_auth=True, eic_user_policy_os_user="ec2-user")
+    assert got["user"]["Statement"][0]["Condition"]["StringEquals"] == {
+        "aws:ResourceTag/aws:autoscaling:groupName": "jump", "ec2:osuser": "ec2-user"}
+    assert got["user"]["Statement"][0]["Resource"] == "arn:aws:ec2:eu-west-1:123456789012:instance/*"
+    got = eic_locals(tmp_path / "any", eic_auth=True, eic_user_policy_os_user=None)
+    assert got["user"]["Statement"][0]["Condition"]["StringEquals"] == {
+        "aws:ResourceTag/aws:autoscaling:groupName": "bastion"}
+
+
+def test_the_role_policy_and_the_outputs_use_eic_tf():
+    """iam.tf's policy document takes eic_push_policy's statements whole (conditions
+    included); the outputs show the users' policy only with eic_auth."""
+    iam = (MODULE / "iam.tf").read_text()
+    doc = re.search(r'^data "aws_iam_policy_document" "this" \{\n(.*?)^\}', iam, re.S | re.M)
+    assert doc, "iam.tf: no policy document for the instance role"
+    block = re.search(r'dynamic "statement" \{\n\s*for_each = local\.eic_push_policy\.Statement\n(.*?)\n  \}\n',
+                      doc.group(1), re.S)
+    assert block, "the instance role's policy does not take local.eic_push_policy.Statement"
+    for wiring in ("sid       = statement.value.Sid", "actions   = statement.value.Action",
+                   "resources = statement.value.Resource", 'dynamic "condition"',
+                   "try(statement.value.Condition, {})", "test     = condition.value.test",
+                   "variable = condition.value.variable", "values   = condition.value.values"):
+        assert wiring in block.group(1), wiring
+    outputs = (MODULE / "outputs.tf").read_text()
+    assert "var.eic_auth ? jsonencode(local.eic_user_policy) : null" in outputs
+    assert "var.eic_push ? local.eic_push_os_users : null" in outputs
+
+
+def test_eic_config_only_when_asked_for(tmp_path):
+    """The [[auth]] type = "eic" source and the [eic] table (without bastion check-config)."""
+    ud = user_data_vars(binary_url="https://example.com/bastion", binary_sha256=SHA_OF_NOTHING)
+    for d in ("off", "on", "auth", "push"):
+        (tmp_path / d).mkdir()
+    _, off = render(tmp_path / "off", config_vars(), ud)
+    t = tomllib.loads(off)
+    assert [a["type"] for a in t["auth"]] == ["iam"] and "eic" not in t
+    assert all("os_users" not in r for r in t["allow"])
+    rules = [{"principals": ["group:dev"], "to": ["tag:env=dev:22"], "os_users": ["ubuntu", "ec2-user"]},
+             {"principals": ["*"], "to": ["i-0abc*:22"]}]
+    _, on = render(tmp_path / "on", config_vars(eic_auth=True, eic_push=True, eic_os_users=["admin"], allow_rules=rules), ud)
+    t = tomllib.loads(on)
+    assert t["auth"] == [{"type": "iam", "groups": ["bastion-users"]}, {"type": "eic"}]
+    assert t["eic"] == {"push": True, "os_users": ["admin"]}
+    assert t["allow"] == rules
+    # Each on its own.
+    _, auth_only = render(tmp_path / "auth", config_vars(eic_auth=True), ud)
+    t = tomllib.loads(auth_only)
+    assert [a["type"] for a in t["auth"]] == ["iam", "eic"] and "eic" not in t
+    _, push_only = render(tmp_path / "push", config_vars(eic_push=True), ud)
+    t = tomllib.loads(push_only)
+    assert [a["type"] for a in t["auth"]] == ["iam"] and t["eic"] == {"push": True, "os_users": ["ec2-user"]}
+
+
+def test_one_imds_hop_is_enough_for_the_container():
+    """eic_auth reads IMDS from the bastion's process; in the container too, since it
+    shares the instance's network stack: the hop limit stays 1 in every mode."""
+    asg = (MODULE / "asg.tf").read_text()
+    assert re.search(r"^\s*http_put_response_hop_limit\s*=\s*1\s*$", asg, re.M)
+    assert re.search(r"^\s*http_tokens\s*=\s*\"required\"\s*$", asg, re.M)
+    assert re.search(r"^\s*--network host\s*$", USER_DATA.read_text(), re.M)
