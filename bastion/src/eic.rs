@@ -331,7 +331,7 @@ impl EicSource {
             .await
             .map_err(imds)?;
         let chain = eic_verify::parse_chain_pem(&chain_pem).map_err(|e| EicFailure {
-            reason: format!("the signer certificate from IMDS: {e}"),
+            reason: format!("the signer certificate from IMDS ({}): {e}", e.kind()),
             kind: e.kind(),
         })?;
         let listing = self
@@ -364,7 +364,10 @@ impl EicSource {
         }
         let signer = eic_verify::verify_signer(&chain, &staples, &self.anchors, &expected_cn, now)
             .map_err(|e| EicFailure {
-                reason: format!("the EC2 Instance Connect signer is not trusted: {e}"),
+                reason: format!(
+                    "the EC2 Instance Connect signer is not trusted ({}): {e}",
+                    e.kind()
+                ),
                 kind: e.kind(),
             })?;
         out.signer = Some(signer.fingerprint().to_string());
@@ -379,7 +382,7 @@ impl EicSource {
                 },
                 Err(e) => out
                     .rejected
-                    .push((Some(rec.key_line.clone()), e.to_string())),
+                    .push((Some(rec.key_line.clone()), format!("({}) {e}", e.kind()))),
             }
         }
         Ok(out)

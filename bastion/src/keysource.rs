@@ -372,6 +372,10 @@ async fn eic_decide(
     key: &PublicKeyBlob,
     fingerprint: &str,
 ) -> Answer {
+    if crate::eic::validate_os_user(login).is_err() {
+        // Not a name EC2 Instance Connect could have stored: no IMDS request.
+        return Answer::Unknown;
+    }
     let found = match src.keys_for(login, SystemTime::now()).await {
         Ok(f) => f,
         Err(failure) => {

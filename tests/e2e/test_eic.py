@@ -467,14 +467,15 @@ def test_login_without_a_push_is_refused(bastion, moto, ec2, eic, eic_client, ba
     ok(login_via(client, b, target))
 
 
+# fault -> (the check that must have failed, as the reason's "(kind)", words the reason must use)
 CHAIN_REASONS = {
-    "wrong_cn": ["CN"],
-    "untrusted_root": ["trust"],
-    "revoked_signer": ["revoked"],
-    "revoked_intermediate": ["revoked"],
-    "missing_staple": ["staple"],
-    "missing_intermediate_staple": ["staple"],
-    "stale_staple": ["stale", "nextUpdate"],
+    "wrong_cn": ("wrong_cn", ["CN"]),
+    "untrusted_root": ("untrusted_chain", ["trust"]),
+    "revoked_signer": ("revoked", ["revoked"]),
+    "revoked_intermediate": ("revoked", ["revoked"]),
+    "missing_staple": ("missing_staple", ["staple"]),
+    "missing_intermediate_staple": ("missing_staple", ["staple"]),
+    "stale_staple": ("stale_staple", ["stale", "nextUpdate"]),
 }
 assert set(CHAIN_REASONS) == set(CHAIN_FAULTS)
 
@@ -490,18 +491,20 @@ def test_chain_fault_refuses_the_login(fault, bastion, moto, eic, eic_client, ba
     send_key(eic_client, iid, "alice", keys.pub("alice"))
     refused(login_via(client, b, target), fault)
     reason = refusal_reason(b, "alice")
-    assert _ci(reason, CHAIN_REASONS[fault]), f"{fault}: {reason!r} names none of {CHAIN_REASONS[fault]}"
+    kind, words = CHAIN_REASONS[fault]
+    assert f"({kind})" in reason, f"{fault}: {reason!r} does not name the check {kind}"
+    assert _ci(reason, words), f"{fault}: {reason!r} names none of {words}"
     assert b.alive()
 
 
 RECORD_REASONS = {
-    "expired": ["expired"],
-    "wrong_instance": ["instance"],
-    "bad_signature": ["signature"],
-    "garbage_signature": ["signature"],
+    "expired": ("expired", ["expired"]),
+    "wrong_instance": ("wrong_instance", ["instance"]),
+    "bad_signature": ("bad_signature", ["signature"]),
+    "garbage_signature": ("malformed_signature", ["signature"]),
     # Not in the list of reasons; what the check is about.
-    "no_timestamp": ["timestamp"],
-    "no_instance": ["instance"],
+    "no_timestamp": ("missing_field", ["timestamp"]),
+    "no_instance": ("missing_field", ["instance"]),
 }
 
 
@@ -515,7 +518,9 @@ def test_record_fault_refuses_the_login(fault, bastion, moto, eic, eic_client, b
     imds.set_record_fault(fault)
     refused(login_via(client, b, target), fault)
     reason = refusal_reason(b, "alice")
-    assert _ci(reason, RECORD_REASONS[fault]), f"{fault}: {reason!r} names none of {RECORD_REASONS[fault]}"
+    kind, words = RECORD_REASONS[fault]
+    assert f"({kind})" in reason, f"{fault}: {reason!r} does not name the check {kind}"
+    assert _ci(reason, words), f"{fault}: {reason!r} names none of {words}"
     # The same push, served without the fault: accepted (nothing about the refusal was remembered).
     imds.set_record_fault(None)
     ok(login_via(client, b, target), f"{fault} cleared")
