@@ -762,6 +762,10 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     let fingerprints = prepared.fingerprints.clone();
     let sources_desc = prepared.sources.describe();
+    let cfg_ciphers = cfg
+        .ciphers
+        .clone()
+        .unwrap_or_else(crate::config::default_ciphers);
     let shared = Arc::new(Shared::new(
         cfg,
         prepared.policy,
@@ -770,6 +774,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         ipc::HostIdentity {
             keys: prepared.host_keys,
             certificates: prepared.host_certificates,
+            ciphers: cfg_ciphers,
         },
         log_filter,
         log_json,
@@ -895,6 +900,7 @@ fn announce(
         .collect();
     tracing::info!(listen = ?listen, host_keys = ?fingerprints, key_sources = ?sources, forwarding = ?rules,
         audit_dir = %cfg.audit.dir.display(), sandbox = cfg.sandbox.enabled, worker = %shared.worker_exe().describe,
+        ciphers = ?shared.host.ciphers, ciphers_automatic = cfg.ciphers.is_none(), hardware_aes_gcm = crate::config::hardware_aes_gcm(),
         eic_push = cfg.eic.push, eic_os_users = ?cfg.eic.os_users, version = env!("CARGO_PKG_VERSION"), "bastion listening");
     if let Some(dev) = dev {
         eprintln!("bastion {} in development mode", env!("CARGO_PKG_VERSION"));

@@ -144,6 +144,8 @@ pub struct Config {
     /// Every connection starts with a PROXY protocol v2 header naming the real client
     /// (`proxy_protocol`, default false); for use behind a Network Load Balancer only.
     pub proxy_protocol: bool,
+    /// The SSH ciphers offered (`ciphers`), or `None` for [`default_ciphers`].
+    pub ciphers: Option<Vec<String>>,
     /// Where users' public keys come from (`[[auth]]`), tried in order; never empty.
     pub auth: Vec<AuthSource>,
     /// Forwarding rules (`[[allow]]`), in file order; empty means nothing may be forwarded.
@@ -187,6 +189,55 @@ impl fmt::Display for HostKey {
             HostKey::SecretsManager(id) => write!(f, "secretsmanager:{id}"),
         }
     }
+}
+
+/// Ciphers `ciphers` may name.
+pub const SUPPORTED_CIPHERS: &[&str] = &[
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+];
+
+/// Whether this CPU does AES-GCM in hardware (AES-NI and carry-less multiply on x86-64,
+/// the AES and PMULL extensions on aarch64).
+pub fn hardware_aes_gcm() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// The ciphers offered when `ciphers` is not set. A client takes the first of ITS list that
+/// the server offers, and OpenSSH clients list chacha20-poly1305 and the CTR modes before
+/// AES-GCM: so where the CPU does AES-GCM in hardware (several times faster than
+/// ChaCha20-Poly1305 there), only AES-GCM is offered, which every OpenSSH since 6.2, PuTTY
+/// since 0.76 and Go's x/crypto speak. Elsewhere ChaCha20-Poly1305 comes first.
+pub fn default_ciphers() -> Vec<String> {
+    let list: &[&str] = if hardware_aes_gcm() {
+        &["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
+    } else {
+        &[
+            "chacha20-poly1305@openssh.com",
+            "aes128-gcm@openssh.com",
+            "aes256-gcm@openssh.com",
+            "aes256-ctr",
+            "aes128-ctr",
+        ]
+    };
+    list.iter().map(|c| c.to_string()).collect()
 }
 
 /// One `[[auth]]` entry: a source of authorized keys.
@@ -655,6 +706,7 @@ const ROOT_KEYS: &[(&str, Kind)] = &[
     ("host_certificates", Kind::List),
     ("health_listen", Kind::Text),
     ("proxy_protocol", Kind::Bool),
+    ("ciphers", Kind::List),
     ("auth", Kind::Tables),
     ("allow", Kind::Tables),
     ("audit", Kind::Section(AUDIT_KEYS)),
@@ -946,6 +998,7 @@ fn build(
             host_certificates: body.host_certificates,
             health_listen: body.health_listen,
             proxy_protocol: body.proxy_protocol,
+            ciphers: body.ciphers,
             auth: body.auth,
             allow: body.allow,
             eic: body.eic,
@@ -989,6 +1042,7 @@ struct Body {
     host_certificates: Vec<HostKey>,
     health_listen: Option<SocketAddr>,
     proxy_protocol: bool,
+    ciphers: Option<Vec<String>>,
     auth: Vec<AuthSource>,
     allow: Vec<AllowRule>,
     eic: Eic,
@@ -1343,6 +1397,23 @@ impl Reader<'_> {
             }
         };
         let proxy_protocol = self.field(&mut root, "", "proxy_protocol", false, Self::boolean);
+        let ciphers = match root.remove("ciphers") {
+            None => Some(None),
+            Some(v) => self.non_empty_strings("ciphers", v).and_then(|list| {
+                let mut ok = true;
+                for (i, c) in list.iter().enumerate() {
+                    if !SUPPORTED_CIPHERS.contains(&c.as_str()) {
+                        self.push(
+                            &format!("ciphers[{i}]"),
+                            format!("unknown or unsupported cipher {c:?}"),
+                            Some(format!("choose from {}", SUPPORTED_CIPHERS.join(", "))),
+                        );
+                        ok = false;
+                    }
+                }
+                ok.then_some(Some(list))
+            }),
+        };
         let host_certificates = match root.remove("host_certificates") {
             None => Some(Vec::new()),
             Some(v) => self.strings("host_certificates", v).and_then(|list| {
@@ -1365,6 +1436,7 @@ impl Reader<'_> {
             host_certificates: host_certificates?,
             health_listen: health_listen?,
             proxy_protocol: proxy_protocol?,
+            ciphers: ciphers?,
             auth: auth?,
             allow: allow?,
             eic: eic?,
@@ -3238,6 +3310,44 @@ drain_delay = "15s"
                 "{line}: {e:?}"
             );
         }
+    }
+
+    #[test]
+    fn ciphers() {
+        let f = fixture();
+        assert_eq!(ok(f.load(&f.minimal(), &[], vec![])).ciphers, None);
+        let cfg = ok(f.load(
+            &format!(
+                "ciphers = [\"chacha20-poly1305@openssh.com\"]\n{}",
+                f.minimal()
+            ),
+            &[],
+            vec![],
+        ));
+        assert_eq!(
+            cfg.ciphers,
+            Some(vec!["chacha20-poly1305@openssh.com".to_string()])
+        );
+        let e = errs(f.load(
+            &format!(
+                "ciphers = [\"aes128-gcm@openssh.com\", \"3des-cbc\"]\n{}",
+                f.minimal()
+            ),
+            &[],
+            vec![],
+        ));
+        assert!(
+            e.iter()
+                .any(|e| e.key == "ciphers[1]" && e.message.contains("3des-cbc")),
+            "{e:?}"
+        );
+        let e = errs(f.load(&format!("ciphers = []\n{}", f.minimal()), &[], vec![]));
+        assert!(e.iter().any(|e| e.key == "ciphers"), "{e:?}");
+        // Whatever the hardware, the default is a non-empty list of supported ciphers,
+        // with AES-GCM first exactly where the CPU does it in hardware.
+        let d = default_ciphers();
+        assert!(d.iter().all(|c| SUPPORTED_CIPHERS.contains(&c.as_str())));
+        assert_eq!(d[0] == "aes128-gcm@openssh.com", hardware_aes_gcm());
     }
 
     #[test]

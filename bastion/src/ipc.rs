@@ -40,6 +40,8 @@ pub struct HostIdentity {
     pub keys: Vec<Secret>,
     /// OpenSSH host certificates (`…-cert-v01@openssh.com …`), each for one of `keys`.
     pub certificates: Vec<String>,
+    /// The ciphers offered, in order (names from `config::SUPPORTED_CIPHERS`).
+    pub ciphers: Vec<String>,
 }
 
 /// What the worker needs to know to run one connection.

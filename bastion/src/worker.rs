@@ -196,6 +196,7 @@ const RELAY_BUFFER: usize = 256 * 1024;
 fn ssh_config(
     keys: Vec<russh::keys::PrivateKey>,
     certificates: Vec<russh::keys::Certificate>,
+    ciphers: &[String],
 ) -> russh::server::Config {
     use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
     use russh::{cipher, kex, mac, Preferred};
@@ -226,13 +227,14 @@ fn ssh_config(
                 hash: Some(HashAlg::Sha256),
             },
         ]),
-        cipher: Cow::Borrowed(&[
-            cipher::AES_128_GCM,
-            cipher::AES_256_GCM,
-            cipher::CHACHA20_POLY1305,
-            cipher::AES_256_CTR,
-            cipher::AES_128_CTR,
-        ]),
+        // The monitor's choice (`ciphers`, validated there); the client picks the first
+        // of its own list that is offered here.
+        cipher: Cow::Owned(
+            ciphers
+                .iter()
+                .filter_map(|c| cipher::Name::try_from(c.as_str()).ok())
+                .collect(),
+        ),
         mac: Cow::Borrowed(&[
             mac::HMAC_SHA256_ETM,
             mac::HMAC_SHA512_ETM,
@@ -292,9 +294,12 @@ async fn serve(
         ctl: ctl.clone(),
         refuse: init.refuse.clone(),
     };
-    let running =
-        russh::server::run_stream(Arc::new(ssh_config(keys, certificates)), stream, handler)
-            .await?;
+    let running = russh::server::run_stream(
+        Arc::new(ssh_config(keys, certificates, &init.host.ciphers)),
+        stream,
+        handler,
+    )
+    .await?;
     let _ = ctl.handle.set(running.handle());
     let result = match running.await {
         Ok(()) => Ok(()),

@@ -39,7 +39,9 @@ CASES = [
     ("per_source above max_startups", "[limits]\nmax_startups = 2\nper_source = 5\n", "limits.per_source", "max_startups"),
     ("bad CIDR", "[[allow]]\nprincipals = [\"*\"]\nto = [\"10.0.0.0/33:22\"]\n", "allow[0].to[0]", "10.0.0.0/33"),
     ("unknown auth type", "[[auth]]\ntype = \"ldap\"\n", "auth[1].type", "ldap"),
-    ("eic not in this build", "[[auth]]\ntype = \"eic\"\n", "auth[1].type", "eic"),
+    ("eic trust bundle", "[[auth]]\ntype = \"eic\"\nca_bundle = \"/nonexistent/ca.pem\"\n", "auth[1].ca_bundle", "cannot read"),
+    ("eic os user", "[eic]\nos_users = [\"ec2 user\"]\n", "eic.os_users[0]", "not a user name"),
+    ("tag target", "[[allow]]\nprincipals = [\"*\"]\nto = [\"tag:env\"]\n", "allow[0].to[0]", "tag:KEY=VALUE"),
     ("iam role ARN", "[[auth]]\ntype = \"iam\"\nassume_role_arn = \"arn:aws:iam::1:role/x\"\n", "auth[1].assume_role_arn", "not an IAM role ARN"),
 ]
 
