@@ -21,6 +21,7 @@ The harness piece is checked without the bastion by
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import ipaddress
 import json
@@ -89,8 +90,28 @@ def akc_path_problems(path) -> list[str]:
 
 def assert_akc_path_safe(path) -> None:
     problems = akc_path_problems(path)
-    assert not problems, (f"sshd would refuse {path} as AuthorizedKeysCommand: " + "; ".join(problems)
-                          + " (build the bastion somewhere root-owned, or point BASTION_BIN at a copy there)")
+    assert not problems, f"sshd would refuse {path} as AuthorizedKeysCommand: " + "; ".join(problems)
+
+
+_AKC_BIN: str | None = None
+
+
+def akc_bin() -> str:
+    """The bastion binary as sshd's AuthorizedKeysCommand. sshd refuses a command below a directory
+    that group or others may write (a checkout under /tmp, say), so the targets run a copy (debug
+    info stripped) in a root-owned directory under /run, made once per test run, removed at exit."""
+    global _AKC_BIN
+    if _AKC_BIN is None:
+        d = Path(f"/run/bastion-e2e-akc-{os.getpid()}")
+        d.mkdir(mode=0o755, exist_ok=True)
+        os.chmod(d, 0o755)
+        atexit.register(shutil.rmtree, d, True)
+        dst = d / "bastion"
+        subprocess.run(["objcopy", "--strip-debug", str(BASTION), str(dst)], check=True, capture_output=True)
+        dst.chmod(0o755)
+        assert_akc_path_safe(dst)
+        _AKC_BIN = str(dst)
+    return _AKC_BIN
 
 
 # --------------------------------------------------------------------------
@@ -158,7 +179,7 @@ class EicInstance:
         self.start_sshd()
 
     def akc_command(self) -> str:
-        return (f"{BIN} authorized-keys --eic --ca-bundle {self.eic.ca_bundle} --imds-endpoint {self.imds.url} "
+        return (f"{akc_bin()} authorized-keys --eic --ca-bundle {self.eic.ca_bundle} --imds-endpoint {self.imds.url} "
                 "%u %f")
 
     def start_sshd(self, authorized_keys: list | None = None, akc: str | None = None) -> None:
@@ -207,9 +228,7 @@ def eic_instance(env, netns, ec2, eic):
             state["vpc"] = ec2.create_vpc(CidrBlock=VPC_CIDR)["Vpc"]["VpcId"]
         n = free_subnet(state["used"])
         state["used"].add(n)
-        inst = EicInstance(env, netns, ec2, eic, state["vpc"], n, tags or {})
-        assert_akc_path_safe(BASTION)
-        return inst
+        return EicInstance(env, netns, ec2, eic, state["vpc"], n, tags or {})
     return make
 
 
@@ -404,10 +423,10 @@ def test_harness_eic_instance_is_reachable_in_its_namespace(env, keys, ec2, eic,
     # And the configuration the onward tests use: the bastion's own `authorized-keys --eic`.
     inst.start_sshd()
     text = inst.sshd_config.read_text()
-    assert (f"AuthorizedKeysCommand {BASTION} authorized-keys --eic --ca-bundle {eic.ca_bundle} "
+    assert (f"AuthorizedKeysCommand {akc_bin()} authorized-keys --eic --ca-bundle {eic.ca_bundle} "
             f"--imds-endpoint {inst.imds.url} %u %f\n") in text
     assert "AuthorizedKeysFile none\n" in text and "AuthorizedKeysCommandUser root\n" in text
-    assert akc_path_problems(BASTION) == []
+    assert akc_path_problems(akc_bin()) == []
     # With nothing pushed for mallory, the target lets nobody in with it (binary built or not).
     refused(run_client(["ssh", "-F", client("mallory"), f"root@{inst.ip}", "echo ok"], timeout=60), "mallory")
 
