@@ -154,16 +154,10 @@ pub struct EicRequest {
 pub fn run_eic(req: EicRequest) -> ExitCode {
     let bundle = match &req.ca_bundle {
         Some(p) => p.clone(),
-        None => match crate::config::SYSTEM_CA_BUNDLES
-            .iter()
-            .find(|b| Path::new(b).is_file())
-        {
-            Some(b) => PathBuf::from(b),
-            None => {
-                eprintln!(
-                    "error: no system CA bundle found (looked for {}); give --ca-bundle",
-                    crate::config::SYSTEM_CA_BUNDLES.join(", ")
-                );
+        None => match crate::config::system_ca_bundle() {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: {e}; give --ca-bundle");
                 return ExitCode::from(EXIT_USAGE);
             }
         },

@@ -288,6 +288,20 @@ pub const SYSTEM_CA_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
+/// The first of [`SYSTEM_CA_BUNDLES`] that exists, or why there is none.
+pub fn system_ca_bundle() -> Result<PathBuf, String> {
+    SYSTEM_CA_BUNDLES
+        .iter()
+        .find(|b| Path::new(b).is_file())
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            format!(
+                "no system CA bundle found (looked for {})",
+                SYSTEM_CA_BUNDLES.join(", ")
+            )
+        })
+}
+
 /// Default `timeout` of the eic key source.
 pub const EIC_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -1831,15 +1845,12 @@ impl Reader<'_> {
             Some(v) => self
                 .path(&key, v)
                 .filter(|path| self.check_ca_bundle(&key, path)),
-            None => match SYSTEM_CA_BUNDLES.iter().find(|b| Path::new(b).is_file()) {
-                Some(b) => Some(PathBuf::from(b)),
-                None => {
+            None => match system_ca_bundle() {
+                Ok(b) => Some(b),
+                Err(e) => {
                     self.push(
                         &key,
-                        format!(
-                            "no system CA bundle found (looked for {})",
-                            SYSTEM_CA_BUNDLES.join(", ")
-                        ),
+                        e,
                         Some("install ca-certificates, or set ca_bundle to a PEM file of trust anchors".into()),
                     );
                     None
@@ -1858,24 +1869,10 @@ impl Reader<'_> {
 
     /// A readable PEM file with at least one certificate.
     fn check_ca_bundle(&mut self, key: &str, path: &Path) -> bool {
-        match std::fs::read_to_string(path) {
-            Ok(text) => match crate::eic_verify::Anchors::from_pem(&text) {
-                Ok(a) if !a.is_empty() => true,
-                Ok(_) => {
-                    self.push(
-                        key,
-                        format!("{} holds no certificate", path.display()),
-                        None,
-                    );
-                    false
-                }
-                Err(e) => {
-                    self.push(key, format!("{}: {e}", path.display()), None);
-                    false
-                }
-            },
+        match crate::eic::read_anchors(path) {
+            Ok(_) => true,
             Err(e) => {
-                self.push(key, format!("cannot read {}: {e}", path.display()), None);
+                self.push(key, e, None);
                 false
             }
         }

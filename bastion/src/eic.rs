@@ -178,12 +178,7 @@ impl EicSource {
         timeout: Duration,
         endpoint: Option<String>,
     ) -> Result<EicSource, String> {
-        let text = std::fs::read_to_string(bundle)
-            .map_err(|e| format!("cannot read {}: {e}", bundle.display()))?;
-        let anchors = Anchors::from_pem(&text).map_err(|e| format!("{}: {e}", bundle.display()))?;
-        if anchors.is_empty() {
-            return Err(format!("{} holds no certificate", bundle.display()));
-        }
+        let anchors = read_anchors(bundle)?;
         if anchors.skipped() > 0 {
             tracing::warn!(
                 bundle = %bundle.display(),
@@ -389,6 +384,17 @@ impl EicSource {
     }
 }
 
+/// Reads a PEM trust bundle: an error names the file (unreadable, not PEM, no certificate).
+pub fn read_anchors(bundle: &std::path::Path) -> Result<Anchors, String> {
+    let text = std::fs::read_to_string(bundle)
+        .map_err(|e| format!("cannot read {}: {e}", bundle.display()))?;
+    let anchors = Anchors::from_pem(&text).map_err(|e| format!("{}: {e}", bundle.display()))?;
+    if anchors.is_empty() {
+        return Err(format!("{} holds no certificate", bundle.display()));
+    }
+    Ok(anchors)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Onward: DescribeInstances and SendSSHPublicKey
 
@@ -415,6 +421,17 @@ pub struct Ec2Failure {
 pub struct Pushed {
     pub request_id: Option<String>,
     pub took: Duration,
+}
+
+/// EC2's error code for an instance id it does not know.
+const NOT_FOUND: &str = "InvalidInstanceID.NotFound";
+
+/// An unknown instance, whether EC2 said so or answered without it.
+fn not_found(id: &str) -> Ec2Failure {
+    Ec2Failure {
+        reason: format!("instance {id} was not found (DescribeInstances)"),
+        code: Some(NOT_FOUND.into()),
+    }
 }
 
 /// The EC2 and EC2 Instance Connect clients, built on first use.
@@ -456,11 +473,8 @@ impl Ec2Api {
                     .as_service_error()
                     .and_then(|s| s.code())
                     .map(str::to_string);
-                if code.as_deref() == Some("InvalidInstanceID.NotFound") {
-                    Ec2Failure {
-                        reason: format!("instance {id} was not found (DescribeInstances)"),
-                        code,
-                    }
+                if code.as_deref() == Some(NOT_FOUND) {
+                    not_found(id)
                 } else {
                     Ec2Failure {
                         reason: format!(
@@ -477,10 +491,7 @@ impl Ec2Api {
             .flat_map(|r| r.instances())
             .find(|i| i.instance_id() == Some(id));
         let Some(i) = found else {
-            return Err(Ec2Failure {
-                reason: format!("instance {id} was not found (DescribeInstances)"),
-                code: Some("InvalidInstanceID.NotFound".into()),
-            });
+            return Err(not_found(id));
         };
         Ok(Instance {
             id: id.to_string(),
