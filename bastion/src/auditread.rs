@@ -17,7 +17,8 @@ pub enum Source {
     Dir(PathBuf),
     /// A CloudWatch Logs group (one stream per user).
     CloudWatch { group: String },
-    /// An S3 bucket and prefix (`<prefix><user>/YYYY/MM/DD/<sid>.jsonl`).
+    /// An S3 bucket and prefix: chunks `<prefix><user>/YYYY/MM/DD/<sid>/<first seq>.jsonl`
+    /// (and whole-session objects `<prefix><user>/YYYY/MM/DD/<sid>.jsonl` of earlier versions).
     S3 { bucket: String, prefix: String },
 }
 
@@ -218,34 +219,94 @@ fn read_s3(
             break;
         }
     }
-    keys.sort();
     let mut out = Vec::new();
-    for key in keys {
-        let obj = rt
-            .block_on(client.get_object().bucket(bucket).key(&key).send())
-            .map_err(|e| {
-                format!(
-                    "GetObject s3://{bucket}/{key}: {}",
-                    crate::awsutil::error_text(&e)
-                )
-            })?;
-        let body = rt
-            .block_on(obj.body.collect())
-            .map_err(|e| format!("reading s3://{bucket}/{key}: {e}"))?
-            .into_bytes();
-        let text = String::from_utf8_lossy(&body);
-        let user = key[prefix.len()..]
-            .split('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
+    for session in group_s3_keys(prefix, keys) {
+        let mut lines: Vec<String> = Vec::new();
+        // A chunk sent again after a crash may repeat events: each sequence number once.
+        let mut next_seq = 0u64;
+        for key in &session.keys {
+            let text = crate::shipper::get_object_text(rt, &client, bucket, key)?;
+            for line in text.lines() {
+                let seq = serde_json::from_str::<Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("seq").and_then(Value::as_u64));
+                match seq {
+                    Some(n) if n < next_seq && !lines.is_empty() => continue,
+                    Some(n) => next_seq = n + 1,
+                    None => {}
+                }
+                lines.push(line.to_string());
+            }
+        }
         out.push(Trail {
-            name: format!("s3://{bucket}/{key}"),
-            user,
-            lines: text.lines().map(str::to_string).collect(),
+            name: format!("s3://{bucket}/{}", session.name),
+            user: session.user,
+            lines,
         });
     }
     Ok(out)
+}
+
+/// One session's objects in S3, in order.
+#[derive(Debug, PartialEq, Eq)]
+struct S3Session {
+    user: String,
+    /// Its folder (chunks) or its object (whole-session objects).
+    name: String,
+    keys: Vec<String>,
+}
+
+/// Groups the listed keys under `prefix` by user and session: a session's chunks
+/// (`<user>/YYYY/MM/DD/<sid>/<first seq>.jsonl`, possibly under several days) in sequence
+/// order, or a whole-session object (`<user>/YYYY/MM/DD/<sid>.jsonl`). Other keys are not
+/// the bastion's and are left out. Sessions come in the order of their first key.
+fn group_s3_keys(prefix: &str, mut keys: Vec<String>) -> Vec<S3Session> {
+    keys.sort();
+    let mut order: Vec<(String, String)> = Vec::new();
+    let mut sessions: BTreeMap<(String, String), (String, Vec<(u64, String)>)> = BTreeMap::new();
+    for key in keys {
+        let Some(rel) = key.strip_prefix(prefix) else {
+            continue;
+        };
+        let parts: Vec<&str> = rel.split('/').collect();
+        let (user, sid, seq, name) = match parts.as_slice() {
+            [user, y, m, d, sid, chunk] => {
+                let Some(seq) = chunk
+                    .strip_suffix(".jsonl")
+                    .and_then(|n| n.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                let name = format!("{prefix}{user}/{y}/{m}/{d}/{sid}/");
+                (user.to_string(), sid.to_string(), seq, name)
+            }
+            [user, _, _, _, object] => {
+                let Some(sid) = object.strip_suffix(".jsonl") else {
+                    continue;
+                };
+                (user.to_string(), sid.to_string(), 0, key.clone())
+            }
+            _ => continue,
+        };
+        let id = (user, sid);
+        let entry = sessions.entry(id.clone()).or_insert_with(|| {
+            order.push(id.clone());
+            (name, Vec::new())
+        });
+        entry.1.push((seq, key));
+    }
+    order
+        .into_iter()
+        .filter_map(|id| {
+            let (name, mut chunks) = sessions.remove(&id)?;
+            chunks.sort();
+            Some(S3Session {
+                user: id.0,
+                name,
+                keys: chunks.into_iter().map(|(_, k)| k).collect(),
+            })
+        })
+        .collect()
 }
 
 /// Checks the hash chains of every trail read, like [`crate::audit::verify`].
@@ -433,4 +494,47 @@ pub fn table(sessions: &[Session]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_keys_group_into_sessions_in_sequence_order_across_days() {
+        let keys = [
+            "audit/bob/2026/11/25/s2/0000000000.jsonl",
+            "audit/alice/2026/11/26/s1/0000000010.jsonl",
+            "audit/alice/2026/11/25/s1/0000000002.jsonl",
+            "audit/alice/2026/11/25/s1/0000000000.jsonl",
+            "audit/alice/2026/11/24/old.jsonl",
+            "audit/alice/2026/11/25/s1/notes.txt",
+            "audit/README",
+        ]
+        .map(String::from)
+        .to_vec();
+        let got = group_s3_keys("audit/", keys);
+        let want = vec![
+            S3Session {
+                user: "alice".into(),
+                name: "audit/alice/2026/11/24/old.jsonl".into(),
+                keys: vec!["audit/alice/2026/11/24/old.jsonl".into()],
+            },
+            S3Session {
+                user: "alice".into(),
+                name: "audit/alice/2026/11/25/s1/".into(),
+                keys: vec![
+                    "audit/alice/2026/11/25/s1/0000000000.jsonl".into(),
+                    "audit/alice/2026/11/25/s1/0000000002.jsonl".into(),
+                    "audit/alice/2026/11/26/s1/0000000010.jsonl".into(),
+                ],
+            },
+            S3Session {
+                user: "bob".into(),
+                name: "audit/bob/2026/11/25/s2/".into(),
+                keys: vec!["audit/bob/2026/11/25/s2/0000000000.jsonl".into()],
+            },
+        ];
+        assert_eq!(got, want);
+    }
 }

@@ -41,12 +41,18 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Ask this bastion's own `/healthz` (at `health_listen`) and exit 0 when
+    /// Ask this bastion's own `/livez` (at `health_listen`) and exit 0 when
     /// it answers 200, 1 otherwise: a container HEALTHCHECK without curl.
+    ///
+    /// Liveness: a busy or draining bastion is still healthy (an orchestrator
+    /// that replaces unhealthy containers must not kill its live sessions).
     Healthcheck {
         /// The TOML configuration file (environment: BASTION_CONFIG), for `health_listen`.
         #[arg(long, short, value_name = "FILE", env = "BASTION_CONFIG")]
         config: Option<PathBuf>,
+        /// Ask `/readyz` instead: 200 only while it takes new sessions.
+        #[arg(long)]
+        ready: bool,
     },
     /// Print a login's IAM SSH keys, for OpenSSH's AuthorizedKeysCommand on
     /// ordinary hosts (a drop-in for widdix/aws-ec2-ssh).
@@ -265,7 +271,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { config } => check_config(&config),
-        Command::Healthcheck { config } => healthcheck(config.as_deref()),
+        Command::Healthcheck { config, ready } => healthcheck(config.as_deref(), ready),
         Command::AuthorizedKeys(a) if a.eic => crate::akc::run_eic(crate::akc::EicRequest {
             login: a.login,
             fingerprint: a.fingerprint,
@@ -573,7 +579,7 @@ fn check_config(path: &Path) -> ExitCode {
     }
 }
 
-fn healthcheck(config: Option<&Path>) -> ExitCode {
+fn healthcheck(config: Option<&Path>, ready: bool) -> ExitCode {
     // Only `health_listen` matters here: the rest was checked when serve started.
     let listen = match config::load(config, std::env::vars(), Vec::new()) {
         Ok(c) => c.health_listen,
@@ -591,7 +597,8 @@ fn healthcheck(config: Option<&Path>) -> ExitCode {
         );
         return ExitCode::from(1);
     };
-    match crate::health::probe(addr, std::time::Duration::from_secs(3)) {
+    let path = if ready { "/readyz" } else { "/livez" };
+    match crate::health::probe(addr, path, std::time::Duration::from_secs(3)) {
         Ok(answer) => {
             println!("{answer}");
             ExitCode::SUCCESS
@@ -840,6 +847,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         let grace = shared.config.limits.shutdown_grace;
         let delay = shared.config.limits.drain_delay;
         let mut server = tokio::spawn(monitor::run(shared.clone(), listeners, phase_rx));
+        // SIGINT means now: no wait for the audit sinks either.
+        let interrupted = std::sync::atomic::AtomicBool::new(false);
         let signals = async {
             use tokio::signal::unix::{signal, SignalKind};
             let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
@@ -853,6 +862,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
                             _ = int.recv() => {
+                                interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
                                 tracing::info!("SIGINT: closing every session now");
                                 let _ = phase_tx.send(Phase::Closing);
                                 return std::future::pending::<()>().await;
@@ -863,11 +873,17 @@ fn serve(args: ServeArgs) -> ExitCode {
                     let _ = phase_tx.send(Phase::Draining);
                     tokio::select! {
                         _ = tokio::time::sleep(grace) => tracing::info!("grace period over; closing the remaining sessions"),
-                        _ = int.recv() => tracing::info!("SIGINT: closing the remaining sessions now"),
+                        _ = int.recv() => {
+                            interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
+                            tracing::info!("SIGINT: closing the remaining sessions now");
+                        }
                         _ = phase_tx.closed() => {}
                     }
                 }
-                _ = int.recv() => tracing::info!("SIGINT: closing every session now"),
+                _ = int.recv() => {
+                    interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!("SIGINT: closing every session now");
+                }
             }
             let _ = phase_tx.send(Phase::Closing);
             std::future::pending::<()>().await
@@ -880,9 +896,38 @@ fn serve(args: ServeArgs) -> ExitCode {
             // The sessions got their Closing notice; give them a moment to say goodbye.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(6), &mut server).await;
         }
+        if !interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::task::block_in_place(|| ship_before_exit(&shared));
+        }
         tracing::info!("bastion stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// At exit: the remote audit sinks get up to `audit.ship_grace` to ship what the spool
+/// holds, and the log says what they could not.
+fn ship_before_exit(shared: &Shared) {
+    let shipping = shared.audit.shipping();
+    if shipping.sinks.is_empty() {
+        return;
+    }
+    let grace = shared.config.audit.ship_grace;
+    tracing::info!(grace = %humantime::format_duration(grace), "shipping what the audit spool holds before exit");
+    let started = std::time::Instant::now();
+    let left = shipping.flush(grace);
+    if left.is_empty() {
+        tracing::info!(took = ?started.elapsed(), "audit spool shipped: every remote sink holds the whole trail");
+    }
+    for u in left {
+        let trails: Vec<String> = u
+            .trails
+            .iter()
+            .map(|(t, n)| format!("{t} ({n} bytes)"))
+            .collect();
+        tracing::error!(sink = u.sink, bytes = u.bytes, trails = ?trails, last_error = u.error.as_deref().unwrap_or("none: still shipping when the grace period ended"),
+            dir = %shared.config.audit.dir.display(),
+            "audit trail not shipped before exit: {} bytes stay in the local spool and ship at the next start on this disk; if this disk is deleted (an instance terminated) they are lost", u.bytes);
+    }
 }
 
 fn announce(

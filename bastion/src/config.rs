@@ -51,8 +51,9 @@
 //! to         = ["10.0.0.0/8:22"]
 //!
 //! [audit]
-//! dir    = "/var/log/bastion"
-//! stdout = false
+//! dir        = "/var/log/bastion"
+//! stdout     = false
+//! ship_grace = "30s"             # at exit, how long to wait for the remote sinks to ship the spool
 //!
 //! [sandbox]
 //! enabled      = true
@@ -109,6 +110,7 @@ const DEFAULT_PER_SOURCE: usize = 10;
 const DEFAULT_MAX_SESSIONS: usize = 1000;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_SHIP_GRACE: Duration = Duration::from_secs(30);
 
 /// Highest uid a worker may run under: 4294967295 is `(uid_t)-1`, which means "no change".
 const MAX_UID: u64 = 4_294_967_294;
@@ -379,6 +381,9 @@ pub struct Audit {
     /// `spool_max`: bytes written but not yet shipped to every remote sink above which new
     /// sessions are refused (default 1GiB, at least 64KiB).
     pub spool_max: u64,
+    /// `ship_grace` (default 30s): on SIGTERM, once the sessions have ended, how long the
+    /// bastion waits for the remote sinks to ship what the spool holds before it exits.
+    pub ship_grace: Duration,
     /// `cloudwatch_log_group`: ship to this CloudWatch Logs group, one stream per user.
     pub cloudwatch_log_group: Option<String>,
     /// `s3_bucket` (with `s3_prefix`, `s3_sse`, `s3_kms_key_id`, `s3_interval`): ship
@@ -686,6 +691,7 @@ const AUDIT_KEYS: &[(&str, Kind)] = &[
     ("dir", Kind::Text),
     ("stdout", Kind::Bool),
     ("spool_max", Kind::Size),
+    ("ship_grace", Kind::Text),
     ("cloudwatch_log_group", Kind::Text),
     ("s3_bucket", Kind::Text),
     ("s3_prefix", Kind::Text),
@@ -1957,6 +1963,13 @@ impl Reader<'_> {
         let spool_max = self.field(&mut t, "audit", "spool_max", 1 << 30, |r, k, v| {
             r.size(k, v, 64 << 10)
         });
+        let ship_grace = self.field(
+            &mut t,
+            "audit",
+            "ship_grace",
+            DEFAULT_SHIP_GRACE,
+            |r, k, v| r.duration(k, v, false),
+        );
         let mut text = |r: &mut Self, name: &str, valid: fn(&str) -> bool, rule: &str| {
             let v = t.remove(name)?;
             let key = format!("audit.{name}");
@@ -2048,6 +2061,7 @@ impl Reader<'_> {
             dir: dir?,
             stdout: stdout?,
             spool_max: spool_max?,
+            ship_grace: ship_grace?,
             cloudwatch_log_group: log_group,
             s3,
         })
@@ -2363,6 +2377,7 @@ mod tests {
                 dir: "/var/log/bastion".into(),
                 stdout: false,
                 spool_max: 1 << 30,
+                ship_grace: Duration::from_secs(30),
                 cloudwatch_log_group: None,
                 s3: None,
             }
@@ -2533,6 +2548,7 @@ drain_delay = "15s"
                 dir: "/srv/audit".into(),
                 stdout: true,
                 spool_max: 1 << 30,
+                ship_grace: Duration::from_secs(30),
                 cloudwatch_log_group: None,
                 s3: None,
             }
@@ -3251,7 +3267,7 @@ drain_delay = "15s"
             f.key, f.users
         );
         let cfg = ok(f.load(
-            &format!("{base}cloudwatch_log_group = \"/bastion/audit\"\ns3_bucket = \"audit-trails\"\ns3_prefix = \"bastion/\"\ns3_sse = \"aws:kms\"\ns3_kms_key_id = \"alias/audit\"\ns3_interval = \"1m\"\nspool_max = \"256MiB\"\n"),
+            &format!("{base}cloudwatch_log_group = \"/bastion/audit\"\ns3_bucket = \"audit-trails\"\ns3_prefix = \"bastion/\"\ns3_sse = \"aws:kms\"\ns3_kms_key_id = \"alias/audit\"\ns3_interval = \"1m\"\nspool_max = \"256MiB\"\nship_grace = \"2m\"\n"),
             &[],
             vec![],
         ));
@@ -3260,6 +3276,7 @@ drain_delay = "15s"
             Some("/bastion/audit")
         );
         assert_eq!(cfg.audit.spool_max, 256 << 20);
+        assert_eq!(cfg.audit.ship_grace, Duration::from_secs(120));
         assert_eq!(
             cfg.audit.s3,
             Some(S3Sink {
@@ -3276,6 +3293,13 @@ drain_delay = "15s"
             vec![],
         ));
         assert_eq!(cfg.audit.s3.map(|s| s.kms), Some(None));
+        // ship_grace: 30 s by default, zero allowed (do not wait), from the environment too.
+        assert_eq!(
+            ok(f.load(&base, &[], vec![])).audit.ship_grace,
+            Duration::from_secs(30)
+        );
+        let cfg = ok(f.load(&base, &[("BASTION_AUDIT__SHIP_GRACE", "0s")], vec![]));
+        assert_eq!(cfg.audit.ship_grace, Duration::ZERO);
         // Every bad value names its key.
         for (line, key, says) in [
             (
@@ -3300,6 +3324,8 @@ drain_delay = "15s"
             ),
             ("s3_prefix = \"p/\"", "audit.s3_bucket", "need s3_bucket"),
             ("spool_max = \"1KiB\"", "audit.spool_max", ""),
+            ("ship_grace = \"soon\"", "audit.ship_grace", ""),
+            ("ship_grace = 30", "audit.ship_grace", "duration"),
         ] {
             let e = errs(f.load(&format!("{base}{line}\n"), &[], vec![]));
             assert!(

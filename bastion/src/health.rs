@@ -1,5 +1,14 @@
-//! `health_listen`: `/healthz` for load balancers and `/metrics` in the
-//! Prometheus text format, over plain HTTP/1.1 (one request per connection).
+//! `health_listen`: liveness and readiness for load balancers and
+//! orchestrators, and `/metrics` in the Prometheus text format, over plain
+//! HTTP/1.1 (one request per connection).
+//!
+//! - `/livez`: the process is up and able to serve (its runtime answers, and
+//!   the sandbox runtime directory exists). Busy, draining or an audit backlog
+//!   do not make it fail: what watches it (an Auto Scaling group, systemd, a
+//!   container HEALTHCHECK) replaces or restarts the bastion, which would kill
+//!   live sessions and lose nothing else.
+//! - `/readyz` (and `/healthz`, its older name): the bastion takes new
+//!   sessions: for a load balancer's target health.
 //!
 //! Neither ever calls AWS: a load balancer's health checks must not cost IAM
 //! calls, and an IAM outage must not take healthy bastions out of service
@@ -17,10 +26,10 @@ use tokio::sync::watch;
 
 use crate::monitor::{Phase, Shared};
 
-/// `bastion healthcheck`: asks our own `/healthz` at `addr` (an unspecified
-/// address means this host's loopback) and returns the status line and body
+/// `bastion healthcheck`: asks our own `path` (`/livez` or `/readyz`) at `addr` (an
+/// unspecified address means this host's loopback) and returns the status line and body
 /// when it is `200`, or why not. Blocking, for a container's HEALTHCHECK.
-pub fn probe(addr: std::net::SocketAddr, timeout: Duration) -> Result<String, String> {
+pub fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut addr = addr;
     if addr.ip().is_unspecified() {
@@ -35,8 +44,10 @@ pub fn probe(addr: std::net::SocketAddr, timeout: Duration) -> Result<String, St
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("{addr}: {e}"))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| format!("{addr}: {e}"))?;
     let mut answer = Vec::new();
     s.take(4096)
         .read_to_end(&mut answer)
@@ -111,6 +122,15 @@ impl Metrics {
     }
 }
 
+/// Why the bastion cannot serve at all, if it cannot: what only a restart or a new
+/// instance mends. Draining, full or an audit backlog are not among these.
+pub fn not_live(shared: &Shared) -> Option<String> {
+    if shared.config.sandbox.enabled && !shared.root_dir_ready() {
+        return Some("the sandbox runtime directory is missing".into());
+    }
+    None
+}
+
 /// Why the bastion cannot take new sessions right now, if it cannot.
 pub fn unhealthy(shared: &Shared, phase: Phase) -> Option<String> {
     match phase {
@@ -134,10 +154,7 @@ pub fn unhealthy(shared: &Shared, phase: Phase) -> Option<String> {
     if sessions >= max {
         return Some(format!("full: {sessions} of {max} sessions"));
     }
-    if shared.config.sandbox.enabled && !shared.root_dir_ready() {
-        return Some("the sandbox runtime directory is missing".into());
-    }
-    None
+    not_live(shared)
 }
 
 fn render(shared: &Shared) -> String {
@@ -319,11 +336,13 @@ async fn answer(mut stream: TcpStream, shared: &Shared, phase: Phase) -> std::io
     let line = String::from_utf8_lossy(&buf[..len]);
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let verdict = |why: Option<String>| match why {
+        None => ("200 OK", "ok\n".to_string(), "text/plain"),
+        Some(why) => ("503 Service Unavailable", format!("{why}\n"), "text/plain"),
+    };
     let (status, body, kind) = match (method, path) {
-        ("GET" | "HEAD", "/healthz") => match unhealthy(shared, phase) {
-            None => ("200 OK", "ok\n".to_string(), "text/plain"),
-            Some(why) => ("503 Service Unavailable", format!("{why}\n"), "text/plain"),
-        },
+        ("GET" | "HEAD", "/readyz" | "/healthz") => verdict(unhealthy(shared, phase)),
+        ("GET" | "HEAD", "/livez") => verdict(not_live(shared)),
         ("GET" | "HEAD", "/metrics") => (
             "200 OK",
             render(shared),

@@ -9,8 +9,13 @@
 //! renamed). A crash or `kill -9` loses at most the cursor's last move: the
 //! next start ships from the cursor again, and each sink drops what it
 //! already holds (CloudWatch: the stream's last events are compared by
-//! session id and sequence; S3: a session's object is rewritten whole, under
-//! a key named after the session).
+//! session id and sequence; S3: chunks are named after their session and first
+//! sequence number and never overwritten, so a chunk that is already there is
+//! read back instead of sent twice).
+//!
+//! At exit ([`Shipping::flush`]), once the sessions have ended, every sink is
+//! asked to ship all the spool holds, for up to `audit.ship_grace`; what is
+//! left is named in the log, and stays in the spool for the next start.
 //!
 //! A sink outage never blocks SSH traffic: writes go to the spool as always,
 //! the sink retries with jittered back-off, and `/metrics` and the log say
@@ -30,6 +35,8 @@ use serde_json::Value;
 
 use crate::config;
 
+/// Where the sinks keep their cursors, under the audit directory.
+const STATE_DIR: &str = ".shipped";
 /// Most bytes read from one trail per round.
 const READ_CHUNK: u64 = 4 << 20;
 /// Idle poll interval when nothing was left to ship.
@@ -65,6 +72,27 @@ pub struct SinkStats {
     pub shipped: AtomicU64,
     /// Failed attempts since start.
     pub errors: AtomicU64,
+    /// Rounds over the spool completed since start (each one ships what it found).
+    pub rounds: AtomicU64,
+    /// The trails with bytes this sink has not shipped yet, and how many, as of the last round.
+    pub pending: std::sync::Mutex<Vec<(String, u64)>>,
+    /// The last failure, if the last round failed.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl SinkStats {
+    fn new(name: &'static str) -> SinkStats {
+        SinkStats {
+            name,
+            up: AtomicBool::new(true),
+            unshipped: AtomicU64::new(0),
+            shipped: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            rounds: AtomicU64::new(0),
+            pending: std::sync::Mutex::new(Vec::new()),
+            last_error: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 /// The running sinks.
@@ -72,41 +100,91 @@ pub struct SinkStats {
 pub struct Shipping {
     pub sinks: Vec<Arc<SinkStats>>,
     pub spool_max: u64,
+    /// Set by [`Shipping::flush`]: ship everything now (S3 cuts live sessions' chunks) and
+    /// retry failures without the long back-off.
+    flush: Arc<AtomicBool>,
+}
+
+/// What one sink had not shipped when [`Shipping::flush`] gave up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unshipped {
+    pub sink: &'static str,
+    pub bytes: u64,
+    /// Trails with unshipped bytes, and how many.
+    pub trails: Vec<(String, u64)>,
+    /// The sink's last error, if its last attempt failed.
+    pub error: Option<String>,
 }
 
 impl Shipping {
     /// Starts one thread per configured remote sink. Nothing is configured: nothing runs.
     pub fn start(cfg: &config::Audit, dir: &Path) -> Result<Shipping, String> {
+        let flush = Arc::new(AtomicBool::new(false));
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         if let Some(group) = &cfg.cloudwatch_log_group {
             sinks.push(Box::new(CloudWatch::new(group.clone())));
         }
         if let Some(s3) = &cfg.s3 {
-            sinks.push(Box::new(S3::new(s3.clone())));
+            sinks.push(Box::new(S3::new(
+                s3.clone(),
+                &dir.join(STATE_DIR),
+                Arc::clone(&flush),
+            )));
         }
         let mut stats = Vec::new();
         for sink in sinks {
-            let st = Arc::new(SinkStats {
-                name: sink.name(),
-                up: AtomicBool::new(true),
-                unshipped: AtomicU64::new(0),
-                shipped: AtomicU64::new(0),
-                errors: AtomicU64::new(0),
-            });
+            let st = Arc::new(SinkStats::new(sink.name()));
             let mut spool = Spool::open(dir, sink.name())?;
             // The spool's size is known before the first session is admitted.
             st.unshipped.store(spool.unshipped(), Ordering::Release);
             let st2 = Arc::clone(&st);
+            let flush2 = Arc::clone(&flush);
             std::thread::Builder::new()
                 .name(format!("audit-{}", sink.name()))
-                .spawn(move || run(sink, &mut spool, &st2))
+                .spawn(move || run(sink, &mut spool, &st2, &flush2))
                 .map_err(|e| format!("cannot start the {} audit sink: {e}", st.name))?;
             stats.push(st);
         }
         Ok(Shipping {
             sinks: stats,
             spool_max: cfg.spool_max,
+            flush,
         })
+    }
+
+    /// At exit, once no session can write any more: asks every sink to ship all the spool
+    /// holds now, and waits until each has done so in a round that began after the ask, or
+    /// until `grace` is over. Returns what is still unshipped (empty: everything went out).
+    /// What is returned stays in the spool, and a later start on the same disk ships it.
+    pub fn flush(&self, grace: Duration) -> Vec<Unshipped> {
+        self.flush.store(true, Ordering::Release);
+        let asked: Vec<u64> = self
+            .sinks
+            .iter()
+            .map(|s| s.rounds.load(Ordering::Acquire))
+            .collect();
+        let deadline = Instant::now() + grace;
+        loop {
+            // Two rounds after the ask: the first may have begun before it.
+            let done = self.sinks.iter().zip(&asked).all(|(s, r0)| {
+                s.rounds.load(Ordering::Acquire) >= r0 + 2
+                    && s.unshipped.load(Ordering::Acquire) == 0
+            });
+            if done || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.sinks
+            .iter()
+            .filter(|s| s.unshipped.load(Ordering::Acquire) > 0)
+            .map(|s| Unshipped {
+                sink: s.name,
+                bytes: s.unshipped.load(Ordering::Acquire),
+                trails: s.pending.lock().map(|p| p.clone()).unwrap_or_default(),
+                error: s.last_error.lock().ok().and_then(|e| e.clone()),
+            })
+            .collect()
     }
 
     /// Why new sessions must be refused, if the spool is over `spool_max`.
@@ -183,7 +261,7 @@ struct Spool {
 
 impl Spool {
     fn open(dir: &Path, sink: &str) -> Result<Spool, String> {
-        let state = dir.join(".shipped").join(sink);
+        let state = dir.join(STATE_DIR).join(sink);
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -235,15 +313,20 @@ impl Spool {
     }
 
     fn unshipped(&self) -> u64 {
-        self.unshipped_in(&self.trails())
+        self.pending_in(&self.trails()).iter().map(|(_, n)| n).sum()
     }
 
-    /// What `trails` (a listing of the spool) hold beyond this sink's cursors.
-    fn unshipped_in(&self, trails: &[(String, u64)]) -> u64 {
+    /// The trails of `trails` (a listing of the spool) that hold bytes beyond this sink's
+    /// cursors, and how many.
+    fn pending_in(&self, trails: &[(String, u64)]) -> Vec<(String, u64)> {
         trails
             .iter()
-            .map(|(t, len)| len.saturating_sub(self.cursors.get(t).copied().unwrap_or(0)))
-            .sum()
+            .map(|(t, len)| {
+                let n = len.saturating_sub(self.cursors.get(t).copied().unwrap_or(0));
+                (t.clone(), n)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Complete lines of `trail` from this process's read position, up to `len`.
@@ -324,13 +407,17 @@ trait Sink: Send {
         lines: &[Line],
         at_start: u64,
     ) -> Result<Shipped, String>;
-    /// Called every round: periodic work (S3 rewrites live sessions' objects).
+    /// Called every round: periodic work (S3 writes live sessions' chunks).
     fn tick(&mut self, _rt: &tokio::runtime::Runtime) -> Result<u64, String> {
         Ok(0)
     }
+    /// How far `trail` is durably at the sink, of the `taken` bytes read so far.
+    fn durable(&mut self, _trail: &str, taken: u64) -> u64 {
+        taken
+    }
 }
 
-fn run(mut sink: Box<dyn Sink>, spool: &mut Spool, stats: &SinkStats) {
+fn run(mut sink: Box<dyn Sink>, spool: &mut Spool, stats: &SinkStats, flush: &AtomicBool) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -354,6 +441,17 @@ fn run(mut sink: Box<dyn Sink>, spool: &mut Spool, stats: &SinkStats) {
             }
             let read = spool.read.get(&trail).copied().unwrap_or(0);
             if read == len {
+                // Nothing new, but what was read may have reached the sink since (S3's
+                // chunks of live sessions): move the cursor up to it.
+                if spool.cursors.get(&trail).copied().unwrap_or(0) < len {
+                    let durable = sink.durable(&trail, len);
+                    if let Err(e) = spool.advance(&trail, len, durable) {
+                        failure = Some(format!(
+                            "cannot record the {} cursor of {trail}: {e}",
+                            stats.name
+                        ));
+                    }
+                }
                 continue;
             }
             let lines = match spool.read_lines(&trail, len) {
@@ -389,9 +487,17 @@ fn run(mut sink: Box<dyn Sink>, spool: &mut Spool, stats: &SinkStats) {
                 failure = Some(e);
             }
         }
+        let pending = spool.pending_in(&listing);
         stats
             .unshipped
-            .store(spool.unshipped_in(&listing), Ordering::Release);
+            .store(pending.iter().map(|(_, n)| n).sum(), Ordering::Release);
+        if let Ok(mut p) = stats.pending.lock() {
+            *p = pending;
+        }
+        if let Ok(mut e) = stats.last_error.lock() {
+            e.clone_from(&failure);
+        }
+        stats.rounds.fetch_add(1, Ordering::AcqRel);
         match failure {
             Some(why) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -401,7 +507,14 @@ fn run(mut sink: Box<dyn Sink>, spool: &mut Spool, stats: &SinkStats) {
                         "audit sink failed; events stay in the spool and are retried");
                     last_error_log = Some(Instant::now());
                 }
-                std::thread::sleep(jitter(backoff));
+                // At exit, retry every second: the grace period is short.
+                let wait = jitter(backoff);
+                let start = Instant::now();
+                while start.elapsed() < wait
+                    && !(flush.load(Ordering::Acquire) && start.elapsed() >= Duration::from_secs(1))
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }
             None => {
@@ -409,8 +522,10 @@ fn run(mut sink: Box<dyn Sink>, spool: &mut Spool, stats: &SinkStats) {
                     tracing::info!(sink = stats.name, "audit sink recovered");
                 }
                 backoff = Duration::from_secs(1);
-                if !more {
+                if !more && !flush.load(Ordering::Acquire) {
                     std::thread::sleep(POLL);
+                } else if !more {
+                    std::thread::sleep(Duration::from_millis(50));
                 }
             }
         }
@@ -432,6 +547,28 @@ pub fn s3_client(conf: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
         )
         .build();
     aws_sdk_s3::Client::from_conf(s3)
+}
+
+/// An S3 object's body as text (invalid UTF-8 replaced).
+pub fn get_object_text(
+    rt: &tokio::runtime::Runtime,
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<String, String> {
+    let obj = rt
+        .block_on(client.get_object().bucket(bucket).key(key).send())
+        .map_err(|e| {
+            format!(
+                "GetObject s3://{bucket}/{key}: {}",
+                crate::awsutil::error_text(&e)
+            )
+        })?;
+    let body = rt
+        .block_on(obj.body.collect())
+        .map_err(|e| format!("reading s3://{bucket}/{key}: {e}"))?
+        .into_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn sdk_config(rt: &tokio::runtime::Runtime) -> aws_config::SdkConfig {
@@ -630,84 +767,213 @@ impl Sink for CloudWatch {
 }
 
 // ---------------------------------------------------------------------------
-// S3: one object per user and session
+// S3: immutable chunks, one folder per user and session
 
+/// A session of a trail whose lines are being shipped.
 struct OpenSession {
     trail: String,
-    /// Offset where its first line starts.
-    start: u64,
-    /// Offset where its last line ends.
+    /// Lines read but not in S3 yet, from `pending_seq` on, starting at offset `pending_start`.
+    pending: Vec<String>,
+    pending_seq: u64,
+    pending_start: u64,
+    /// Timestamp of the first pending line: names the day folder of the next chunk.
+    pending_ts: i64,
+    /// Offset where the last line read of this session ends.
     last: u64,
-    first_ts: i64,
-    lines: Vec<String>,
-    /// Lines not in the object yet.
-    dirty: bool,
-    /// When its object was last written, or when it was first seen.
+    /// When the last chunk was written, or the session first seen.
     since: Instant,
 }
 
+/// What is known to be in S3 of one session: every line up to `seq`, the last of which ends
+/// at `end` in the trail file. Kept on disk (`.shipped/s3.sessions/<trail>`) until the trail's
+/// cursor has passed `end`, so that a restart reading from the cursor never cuts a chunk
+/// anywhere but where the previous process cut it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ChunkMark {
+    seq: u64,
+    end: u64,
+}
+
+/// The S3 sink. Each session's events go to
+/// `<prefix><user>/<YYYY>/<MM>/<DD>/<sid>/<first seq>.jsonl` objects ("chunks"), each written
+/// once and never rewritten: every PutObject carries `If-None-Match: *`, so the instance role
+/// needs no right to overwrite (see the Terraform module's policy) and a bucket with
+/// versioning and Object Lock keeps every chunk as first written. A chunk is cut at
+/// `session.end`, every `s3_interval` for a live session, and at exit. The day is the one of
+/// the chunk's first event; a reader puts a session back together by its id and sequence
+/// numbers across chunks (and days).
 struct S3 {
     cfg: config::S3Sink,
     client: Option<aws_sdk_s3::Client>,
     open: HashMap<(String, String), OpenSession>,
+    /// Where the per-trail [`ChunkMark`]s are kept.
+    marks_dir: PathBuf,
+    /// trail → sid → what is in S3.
+    marks: HashMap<String, HashMap<String, ChunkMark>>,
+    /// Set at exit: every pending line is due, whatever `s3_interval` says.
+    flush: Arc<AtomicBool>,
 }
 
 impl S3 {
-    fn new(cfg: config::S3Sink) -> S3 {
+    fn new(cfg: config::S3Sink, state_dir: &Path, flush: Arc<AtomicBool>) -> S3 {
         S3 {
             cfg,
             client: None,
             open: HashMap::new(),
+            marks_dir: state_dir.join("s3.sessions"),
+            marks: HashMap::new(),
+            flush,
         }
     }
 
-    fn key(&self, trail: &str, sid: &str, first_ts: i64) -> String {
+    fn key(&self, trail: &str, sid: &str, first_seq: u64, first_ts: i64) -> String {
         let t =
             SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(first_ts).unwrap_or(0));
         let day = humantime::format_rfc3339_seconds(t).to_string();
         let (y, m, d) = (&day[0..4], &day[5..7], &day[8..10]);
-        format!("{}{trail}/{y}/{m}/{d}/{sid}.jsonl", self.cfg.prefix)
+        format!(
+            "{}{trail}/{y}/{m}/{d}/{sid}/{first_seq:010}.jsonl",
+            self.cfg.prefix
+        )
     }
 
-    fn upload(
+    /// The marks of `trail`, read from disk once per process.
+    fn marks_of(&mut self, trail: &str) -> &mut HashMap<String, ChunkMark> {
+        let dir = &self.marks_dir;
+        self.marks.entry(trail.to_string()).or_insert_with(|| {
+            fs::read(dir.join(trail))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default()
+        })
+    }
+
+    fn save_marks(&self, trail: &str) -> Result<(), String> {
+        let Some(marks) = self.marks.get(trail) else {
+            return Ok(());
+        };
+        let write = || -> std::io::Result<()> {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.marks_dir)?;
+            let tmp = self.marks_dir.join(format!(".{trail}.tmp"));
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&serde_json::to_vec(marks).unwrap_or_default())?;
+            f.sync_data()?;
+            fs::rename(&tmp, self.marks_dir.join(trail))
+        };
+        write().map_err(|e| {
+            format!(
+                "cannot record the S3 chunks of {trail} in {}: {e}",
+                self.marks_dir.display()
+            )
+        })
+    }
+
+    fn client(&mut self, rt: &tokio::runtime::Runtime) -> aws_sdk_s3::Client {
+        self.client
+            .get_or_insert_with(|| s3_client(&sdk_config(rt)))
+            .clone()
+    }
+
+    /// Writes the pending lines of session `id` as new chunks; returns how many events went
+    /// out. A chunk that already exists (a previous process wrote it and died before it
+    /// recorded it) is read back: the lines it holds are not sent again.
+    fn put_pending(
         &mut self,
         rt: &tokio::runtime::Runtime,
         id: &(String, String),
     ) -> Result<u64, String> {
-        let Some(s) = self.open.get(id) else {
-            return Ok(0);
-        };
-        let key = self.key(&s.trail, &id.1, s.first_ts);
-        let mut body = s.lines.join("\n");
-        body.push('\n');
-        let n = s.lines.len() as u64;
-        let client = self
-            .client
-            .get_or_insert_with(|| s3_client(&sdk_config(rt)));
-        let mut put = client
-            .put_object()
-            .bucket(&self.cfg.bucket)
-            .key(&key)
-            .content_type("application/x-ndjson")
-            .body(body.into_bytes().into());
-        put = match &self.cfg.kms {
-            None => put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256),
-            Some(key_id) => put
-                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
-                .set_ssekms_key_id(key_id.clone()),
-        };
-        rt.block_on(put.send()).map_err(|e| {
-            format!(
-                "PutObject s3://{}/{key}: {}",
-                self.cfg.bucket,
-                crate::awsutil::error_text(&e)
-            )
-        })?;
-        if let Some(s) = self.open.get_mut(id) {
-            s.dirty = false;
+        let mut sent = 0;
+        loop {
+            let Some(s) = self.open.get(id) else {
+                return Ok(sent);
+            };
+            if s.pending.is_empty() {
+                return Ok(sent);
+            }
+            let first_seq = s.pending_seq;
+            let key = self.key(&s.trail, &id.1, first_seq, s.pending_ts);
+            let mut body = s.pending.join("\n");
+            body.push('\n');
+            let n = s.pending.len() as u64;
+            let last_seq = first_seq + n - 1;
+            let end = s.last;
+            let client = self.client(rt);
+            let mut put = client
+                .put_object()
+                .bucket(&self.cfg.bucket)
+                .key(&key)
+                .if_none_match("*")
+                .content_type("application/x-ndjson")
+                .body(body.into_bytes().into());
+            put = match &self.cfg.kms {
+                None => put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256),
+                Some(key_id) => put
+                    .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+                    .set_ssekms_key_id(key_id.clone()),
+            };
+            let (held_through, events) = match rt.block_on(put.send()) {
+                Ok(_) => (last_seq, n),
+                Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(412) => {
+                    let held = self.last_seq_in(rt, &key)?;
+                    tracing::info!(key = %key, through_seq = held,
+                        "S3 audit chunk already there (written before a restart); its events are not sent again");
+                    // A chunk starts with the event it is named after: it holds at least that.
+                    (held.max(first_seq), 0)
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "PutObject s3://{}/{key}: {}",
+                        self.cfg.bucket,
+                        crate::awsutil::error_text(&e)
+                    ))
+                }
+            };
+            sent += events;
+            let Some(s) = self.open.get_mut(id) else {
+                return Ok(sent);
+            };
+            // Drop what S3 now holds; what is left (a chunk that held fewer lines) goes next.
+            let drop = usize::try_from(held_through + 1 - first_seq)
+                .unwrap_or(usize::MAX)
+                .min(s.pending.len());
+            s.pending.drain(..drop);
+            s.pending_seq += drop as u64;
             s.since = Instant::now();
+            let mark_end = if s.pending.is_empty() {
+                end
+            } else {
+                s.pending_start
+            };
+            let trail = s.trail.clone();
+            self.marks_of(&trail).insert(
+                id.1.clone(),
+                ChunkMark {
+                    seq: held_through,
+                    end: mark_end,
+                },
+            );
+            self.save_marks(&trail)?;
         }
-        Ok(n)
+    }
+
+    /// The sequence number of the last event in an existing chunk.
+    fn last_seq_in(&mut self, rt: &tokio::runtime::Runtime, key: &str) -> Result<u64, String> {
+        let client = self.client(rt);
+        let bucket = &self.cfg.bucket;
+        get_object_text(rt, &client, bucket, key)?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| Line::parse(l.to_string(), 0).seq)
+            .max()
+            .ok_or_else(|| format!("s3://{bucket}/{key} exists but holds no event"))
     }
 }
 
@@ -726,27 +992,36 @@ impl Sink for S3 {
         let mut start = lines[0].end - lines[0].text.len() as u64 - 1;
         let mut ended = Vec::new();
         for line in lines {
+            let line_start = start;
+            start = line.end;
             if line.sid.is_empty() {
-                start = line.end;
                 continue;
             }
+            // Lines a previous chunk holds (read again after a restart) are not sent again.
+            let held = self.marks_of(trail).get(&line.sid).map(|m| m.seq);
             let id = (trail.to_string(), line.sid.clone());
             let s = self.open.entry(id.clone()).or_insert_with(|| OpenSession {
                 trail: trail.to_string(),
-                start,
+                pending: Vec::new(),
+                pending_seq: line.seq,
+                pending_start: line_start,
+                pending_ts: line.ts_ms,
                 last: line.end,
-                first_ts: line.ts_ms,
-                lines: Vec::new(),
-                dirty: false,
                 since: Instant::now(),
             });
-            s.lines.push(line.text.clone());
             s.last = line.end;
-            s.dirty = true;
             if line.event == "session.end" {
                 ended.push(id);
             }
-            start = line.end;
+            if held.is_some_and(|h| line.seq <= h) {
+                continue;
+            }
+            if s.pending.is_empty() {
+                s.pending_seq = line.seq;
+                s.pending_start = line_start;
+                s.pending_ts = line.ts_ms;
+            }
+            s.pending.push(line.text.clone());
         }
         let taken = lines.last().map_or(start, |l| l.end);
         // Sessions of the previous process that never said session.end (it was
@@ -760,38 +1035,57 @@ impl Sink for S3 {
         }
         let mut events = 0;
         for id in ended {
-            events += self.upload(rt, &id)?;
+            events += self.put_pending(rt, &id)?;
             self.open.remove(&id);
         }
-        // Durable: up to the first line of the oldest session of this trail still open.
-        let durable = self
-            .open
-            .values()
-            .filter(|s| s.trail == trail)
-            .map(|s| s.start)
-            .min()
-            .unwrap_or(taken);
         Ok(Shipped {
             taken,
-            durable,
+            durable: self.durable(trail, taken),
             events,
         })
     }
 
-    /// Long sessions: every `s3_interval`, a live session's object is written with what it
-    /// holds so far (rewritten whole when it ends; its events are counted then).
+    /// Up to the first line of this trail not in S3 yet.
+    fn durable(&mut self, trail: &str, taken: u64) -> u64 {
+        let durable = self
+            .open
+            .values()
+            .filter(|s| s.trail == trail && !s.pending.is_empty())
+            .map(|s| s.pending_start)
+            .min()
+            .unwrap_or(taken);
+        // Marks the cursor passes are never needed again. Should they fail to be
+        // forgotten on disk, they are forgotten at the next chance: no harm either way.
+        let marks = self.marks_of(trail);
+        let before = marks.len();
+        marks.retain(|_, m| m.end > durable);
+        if marks.len() != before {
+            if let Err(e) = self.save_marks(trail) {
+                tracing::debug!(error = %e, "S3 chunk marks not pruned");
+            }
+        }
+        durable
+    }
+
+    /// Long sessions: every `s3_interval` (and at exit, at once), what a live session wrote
+    /// since its last chunk becomes a new chunk.
     fn tick(&mut self, rt: &tokio::runtime::Runtime) -> Result<u64, String> {
-        let interval = self.cfg.interval;
+        let interval = if self.flush.load(Ordering::Acquire) {
+            Duration::ZERO
+        } else {
+            self.cfg.interval
+        };
         let due: Vec<(String, String)> = self
             .open
             .iter()
-            .filter(|(_, s)| s.dirty && s.since.elapsed() >= interval)
+            .filter(|(_, s)| !s.pending.is_empty() && s.since.elapsed() >= interval)
             .map(|(id, _)| id.clone())
             .collect();
+        let mut events = 0;
         for id in due {
-            self.upload(rt, &id)?;
+            events += self.put_pending(rt, &id)?;
         }
-        Ok(0)
+        Ok(events)
     }
 }
 
@@ -828,38 +1122,68 @@ mod tests {
     }
 
     #[test]
-    fn s3_keys_are_per_user_day_and_session() {
-        let s3 = S3::new(config::S3Sink {
+    fn s3_chunk_keys_are_per_user_day_session_and_first_seq() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s3 = S3::new(
+            config::S3Sink {
+                bucket: "b".into(),
+                prefix: "audit/".into(),
+                kms: None,
+                interval: Duration::from_secs(300),
+            },
+            tmp.path(),
+            Arc::new(AtomicBool::new(false)),
+        );
+        assert_eq!(
+            s3.key("alice", "abc", 42, 1_795_590_000_123),
+            "audit/alice/2026/11/25/abc/0000000042.jsonl"
+        );
+    }
+
+    #[test]
+    fn s3_chunk_marks_survive_a_restart_until_the_cursor_passes_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config::S3Sink {
             bucket: "b".into(),
-            prefix: "audit/".into(),
+            prefix: String::new(),
             kms: None,
             interval: Duration::from_secs(300),
-        });
+        };
+        let flush = Arc::new(AtomicBool::new(false));
+        let mut s3 = S3::new(cfg.clone(), tmp.path(), Arc::clone(&flush));
+        s3.marks_of("alice")
+            .insert("s1".into(), ChunkMark { seq: 4, end: 500 });
+        s3.save_marks("alice").unwrap();
+        // A new process reads them back, and a cursor short of them keeps them.
+        let mut again = S3::new(cfg.clone(), tmp.path(), Arc::clone(&flush));
+        assert_eq!(again.durable("alice", 400), 400);
         assert_eq!(
-            s3.key("alice", "abc", 1_795_590_000_123),
-            "audit/alice/2026/11/25/abc.jsonl"
+            again.marks_of("alice").get("s1"),
+            Some(&ChunkMark { seq: 4, end: 500 })
         );
+        // Once the cursor passes the mark's end, it is forgotten on disk too.
+        assert_eq!(again.durable("alice", 600), 600);
+        let third = &mut S3::new(cfg, tmp.path(), flush);
+        assert!(third.marks_of("alice").is_empty());
     }
 
     #[test]
     fn spool_full_compares_the_slowest_sink_with_the_limit() {
         let sink = |n| {
-            Arc::new(SinkStats {
-                name: "cloudwatch",
-                up: AtomicBool::new(true),
-                unshipped: AtomicU64::new(n),
-                shipped: AtomicU64::new(0),
-                errors: AtomicU64::new(0),
-            })
+            let s = SinkStats::new("cloudwatch");
+            s.unshipped.store(n, Ordering::Relaxed);
+            Arc::new(s)
         };
         let under = Shipping {
             sinks: vec![sink(100)],
             spool_max: 100,
+            ..Shipping::default()
         };
         assert_eq!(under.spool_full(), None);
         let over = Shipping {
             sinks: vec![sink(10), sink(101)],
             spool_max: 100,
+            ..Shipping::default()
         };
         assert!(over
             .spool_full()

@@ -1,9 +1,10 @@
 """The audit trail leaves the instance: CloudWatch Logs (one stream per user) and S3
-(one object per user and session), fed from the local spool, against moto_server
-through the fault proxy (so the sinks can be taken down and brought back).
+(immutable chunks, one folder per user and session), fed from the local spool, against
+moto_server through the fault proxy (so the sinks can be taken down and brought back).
 
 What is asserted is always compared with the local trail the bastion wrote: every
-line arrives, in order, exactly once.
+line arrives, in order, exactly once. The bucket is versioned, so an object written
+twice would show as a second version: every chunk must have exactly one.
 """
 
 import json
@@ -39,6 +40,7 @@ class Sinks:
         self.logs, self.s3 = logs_client(moto.url), s3_client(moto.url)
         self.logs.create_log_group(logGroupName=GROUP)
         self.s3.create_bucket(Bucket=BUCKET)
+        self.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
 
     def stream(self, name):
         lines, token = [], None
@@ -53,11 +55,32 @@ class Sinks:
         except self.logs.exceptions.ResourceNotFoundException:
             return []
 
-    def objects(self, user):
+    def chunks(self, user):
+        """Key → lines of every chunk of `user`."""
         out = {}
         for o in self.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}{user}/").get("Contents", []):
-            out[o["Key"]] = self.s3.get_object(Bucket=BUCKET, Key=o["Key"])
+            body = self.s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read().decode()
+            out[o["Key"]] = body.splitlines()
         return out
+
+    def sessions(self, user):
+        """Session id → its lines, its chunks (<user>/YYYY/MM/DD/<sid>/<first seq>.jsonl) put
+        back together in sequence order."""
+        parts = {}
+        for key, lines in self.chunks(user).items():
+            *_, sid, chunk = key.split("/")
+            assert chunk.endswith(".jsonl") and chunk[:-6].isdigit(), key
+            assert all(json.loads(x)["sid"] == sid for x in lines), key
+            assert json.loads(lines[0])["seq"] == int(chunk[:-6]), f"{key} starts with another event"
+            parts.setdefault(sid, []).append((int(chunk[:-6]), lines))
+        return {sid: [x for _, lines in sorted(chunks) for x in lines] for sid, chunks in parts.items()}
+
+    def rewritten(self):
+        """Keys written more than once (the bucket is versioned)."""
+        seen = {}
+        for v in self.s3.list_object_versions(Bucket=BUCKET).get("Versions", []):
+            seen[v["Key"]] = seen.get(v["Key"], 0) + 1
+        return {k: n for k, n in seen.items() if n > 1}
 
 
 def local(bastion, user):
@@ -105,18 +128,16 @@ def metric(text, name, sink):
 
 
 def s3_sessions_match(sinks, b, user):
-    """Every session of `user` in the local trail has its object, holding exactly its lines."""
+    """Every session of `user` in the local trail is in S3, its chunks holding exactly its lines."""
     want = by_session(local(b, user))
-    got = {k.rsplit("/", 1)[1][:-len(".jsonl")]: o["Body"].read().decode().splitlines()
-           for k, o in sinks.objects(user).items()}
-    return want and got == want
+    return want and sinks.sessions(user) == want
 
 
 def test_events_arrive_per_user_and_per_session_and_read_back(env, bastion, moto, iam_proxy, sshd_target, client):
     sinks = Sinks(moto)
     target = sshd_target()
     b = bastion(sink_config(), env=aws_env(iam_proxy.url))
-    # A long session: its object is written while it runs (s3_interval), then rewritten whole.
+    # A long session: chunks are written while it runs (s3_interval), and the rest at its end.
     live = subprocess.Popen(["ssh", "-F", str(client("bob")), "-J", f"bob@127.0.0.1:{b.port}", "-p",
                              str(target.port), "root@127.0.0.1", "sleep 12; echo done"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -127,14 +148,13 @@ def test_events_arrive_per_user_and_per_session_and_read_back(env, bastion, moto
                           str(target.port), "root@127.0.0.1", "true"], capture_output=True, timeout=60)
     assert bad.returncode == 255
 
-    # While bob's long session runs, its object already exists, without session.end.
+    # While bob's long session runs, its first chunk already exists, without session.end.
     def partial():
-        for k, o in sinks.objects("bob").items():
-            lines = o["Body"].read().decode().splitlines()
+        for k, lines in sinks.chunks("bob").items():
             if any(json.loads(x)["event"] == "session.start" for x in lines) and \
                     not any(json.loads(x)["event"] == "session.end" for x in lines) and live.poll() is None:
                 return k
-    key = wait_until(partial, timeout=30, what="a live session's partial S3 object")
+    key = wait_until(partial, timeout=30, what="a live session's first S3 chunk")
     out, err = live.communicate(timeout=30)
     assert out == b"done\n", err
 
@@ -142,10 +162,13 @@ def test_events_arrive_per_user_and_per_session_and_read_back(env, bastion, moto
         wait_until(lambda: local(b, user) and sinks.stream(user) == local(b, user), what=f"{user}'s CloudWatch stream")
     for user in ("alice", "bob"):
         wait_until(lambda: s3_sessions_match(sinks, b, user), what=f"{user}'s S3 objects")
-    assert len(sinks.objects("alice")) == 2
+    assert len(sinks.sessions("alice")) == 2
     head = sinks.s3.head_object(Bucket=BUCKET, Key=key)
     assert head["ServerSideEncryption"] == "AES256", head
-    assert key.startswith(f"{PREFIX}bob/") and key.endswith(".jsonl")
+    assert key.startswith(f"{PREFIX}bob/") and key.endswith("/0000000000.jsonl")
+    # The live session's chunk was not rewritten when the session ended: a second chunk holds the rest.
+    assert len([k for k in sinks.chunks("bob") if k.rsplit("/", 2)[1] == key.rsplit("/", 2)[1]]) >= 2
+    assert sinks.rewritten() == {}
 
     # Read back through the bastion's own tools.
     for source in (["--source", "cloudwatch", "--log-group", GROUP],
@@ -208,23 +231,29 @@ def test_kill_9_then_restart_ships_every_spooled_event_exactly_once(env, bastion
     second = bastion(sink_config(), env=aws_env(iam_proxy.url), audit_dir=first.audit_dir)
     wait_until(lambda: sinks.stream("alice") == spooled, what="the spooled events in CloudWatch")
     wait_until(lambda: s3_sessions_match(sinks, second, "alice"), what="both sessions' S3 objects")
-    killed = [k for k, o in sinks.objects("alice").items()
-              if not any(json.loads(x)["event"] == "session.end" for x in o["Body"].read().decode().splitlines())]
-    assert len(killed) == 1, "the killed session's object holds what it wrote, without session.end"
+    killed = [sid for sid, lines in sinks.sessions("alice").items()
+              if not any(json.loads(x)["event"] == "session.end" for x in lines)]
+    assert len(killed) == 1, "the killed session's chunks hold what it wrote, without session.end"
     second.signal(signal.SIGTERM)
     assert second.wait(20) == 0
 
-    # A crash between a delivery and its cursor update (simulated: the cursors are lost)
-    # must not deliver twice: the stream's tail is compared by session and sequence.
-    for cursor in (first.audit_dir / ".shipped").glob("*/alice"):
+    # A crash between a delivery and its cursor update (simulated: the cursors and S3's
+    # chunk marks are lost) must not deliver twice: the stream's tail is compared by
+    # session and sequence, and S3 refuses to overwrite a chunk (If-None-Match), which the
+    # bastion then reads back.
+    lost = list((first.audit_dir / ".shipped").glob("*/alice"))
+    assert {p.parent.name for p in lost} >= {"cloudwatch", "s3"}, lost
+    for cursor in lost:
         cursor.unlink()
     third = bastion(sink_config(), env=aws_env(iam_proxy.url), audit_dir=first.audit_dir)
     r = login(client, third, target)
     assert r.returncode == 0, r.stderr
     wait_until(lambda: len(by_session(local(third, "alice"))) == 3 and sinks.stream("alice") == local(third, "alice"),
                what="the third session, and no duplicate")
-    wait_until(lambda: s3_sessions_match(sinks, third, "alice"), what="three S3 objects")
+    wait_until(lambda: s3_sessions_match(sinks, third, "alice"), what="three sessions in S3")
     assert "already in CloudWatch were not sent again" in third.stderr_text()
+    assert "S3 audit chunk already there" in third.stderr_text()
+    assert sinks.rewritten() == {}
 
 
 def test_a_sink_outage_never_blocks_ssh_and_is_visible_then_recovers(env, bastion, moto, iam_proxy, sshd_target,
@@ -284,8 +313,71 @@ def test_a_full_spool_refuses_new_sessions_until_it_drains(env, bastion, moto, i
         status = e.code
         body = e.read().decode()
     assert status == 503 and "not yet shipped" in body, body
+    # Not ready, but alive: an audit backlog must not get the instance replaced (its spool
+    # would be lost with it).
+    with urllib.request.urlopen(f"http://127.0.0.1:{hport}/livez", timeout=5) as r:
+        assert r.status == 200
     assert "audit spool full; refusing a new connection" in b.stderr_text()
 
     iam_proxy.set_mode("pass")
     wait_until(lambda: len(sinks.stream("carol")) == 200, timeout=90, what="the backlog shipped")
     wait_until(lambda: login(client, b, target).returncode == 0, what="logins admitted again")
+
+
+def test_sigterm_ships_live_sessions_chunks_before_exit(env, bastion, moto, iam_proxy, sshd_target, client):
+    """At exit the spool is shipped at once, even what s3_interval would have kept for later."""
+    sinks = Sinks(moto)
+    target = sshd_target()
+    b = bastion(sink_config(s3_interval="1h", ship_grace="30s"), env=aws_env(iam_proxy.url))
+    r = login(client, b, target)
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: s3_sessions_match(sinks, b, "alice"), what="the first session in S3")
+    # A session still running at SIGTERM: its lines wait for s3_interval (1h) until the exit.
+    live = subprocess.Popen(["ssh", "-F", str(client("alice")), "-J", f"alice@127.0.0.1:{b.port}", "-p",
+                             str(target.port), "root@127.0.0.1", "sleep 3"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env.p.procs.append(live)
+    wait_until(lambda: len(by_session(local(b, "alice"))) == 2, what="the second session's events")
+    time.sleep(1)
+    assert len(sinks.sessions("alice")) == 1, "s3_interval keeps a live session's lines back"
+    b.signal(signal.SIGTERM)
+    assert b.wait(60) == 0
+    assert live.wait(10) == 0
+    # Everything is there the moment the process is gone.
+    assert s3_sessions_match(sinks, b, "alice"), (sinks.sessions("alice"), by_session(local(b, "alice")))
+    assert sinks.stream("alice") == local(b, "alice")
+    assert "audit spool shipped" in b.stderr_text()
+    assert "not shipped before exit" not in b.stderr_text()
+    assert sinks.rewritten() == {}
+
+
+def test_sigterm_with_the_sinks_down_waits_ship_grace_then_says_what_stays(env, bastion, moto, iam_proxy,
+                                                                            sshd_target, client):
+    """A sink outage at exit: the bastion waits ship_grace (not forever), names what it could
+    not ship, and keeps it in the spool; a later start on the same disk ships it."""
+    sinks = Sinks(moto)
+    target = sshd_target()
+    iam_proxy.set_mode("down")  # both sinks: nothing leaves
+    b = bastion(sink_config(ship_grace="4s"), env=aws_env(iam_proxy.url))
+    r = login(client, b, target)
+    assert r.returncode == 0, r.stderr
+    b.signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert b.wait(60) == 0
+    took = time.monotonic() - started
+    assert 4 <= took < 20, f"exit took {took:.1f} s with ship_grace 4s"
+    err = b.stderr_text()
+    size = (b.audit_dir / "alice.jsonl").stat().st_size
+    for sink in ("s3", "cloudwatch"):
+        line = next((x for x in err.splitlines() if "audit trail not shipped before exit" in x and sink in x), None)
+        assert line, f"no word about {sink}'s unshipped trail:\n{err}"
+        assert f"bytes={size}" in line or f'"bytes":{size}' in line, line
+        assert "alice" in line and "lost" in line, line
+    assert sinks.stream("alice") == [] and sinks.sessions("alice") == {}
+    spooled = local(b, "alice")
+    assert any(json.loads(x)["event"] == "session.end" for x in spooled), spooled
+    # The spool kept it: the next start ships it all.
+    iam_proxy.set_mode("pass")
+    again = bastion(sink_config(), env=aws_env(iam_proxy.url), audit_dir=b.audit_dir)
+    wait_until(lambda: sinks.stream("alice") == spooled, what="the spool shipped by the next start")
+    wait_until(lambda: s3_sessions_match(sinks, again, "alice"), what="the spool in S3")

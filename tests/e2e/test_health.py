@@ -1,4 +1,5 @@
-"""`health_listen`: /healthz for the load balancer, /metrics for Prometheus; neither calls AWS."""
+"""`health_listen`: /livez (liveness, for what restarts or replaces the bastion), /readyz and
+/healthz (readiness, for the load balancer), /metrics for Prometheus; none calls AWS."""
 
 import http.client
 import signal
@@ -31,6 +32,8 @@ def test_healthz_and_metrics_never_call_aws(env, bastion, iam, iam_proxy, sshd_t
               extra_config={"health_listen": f"127.0.0.1:{hport}", "limits": {"shutdown_grace": "20s"}})
     for _ in range(20):
         assert get(hport, "/healthz") == (200, "ok\n")
+        assert get(hport, "/readyz") == (200, "ok\n")
+        assert get(hport, "/livez") == (200, "ok\n")
     assert get(hport, "/nope")[0] == 404
     assert get(hport, "/healthz", method="POST")[0] == 405
     assert iam_proxy.total() == 0, "health checks cost no AWS call"
@@ -84,6 +87,9 @@ def test_healthz_and_metrics_never_call_aws(env, bastion, iam, iam_proxy, sshd_t
             break
         time.sleep(0.1)
     assert (status, body) == (503, "draining: shutting down, not accepting connections\n")
+    assert get(hport, "/readyz") == (status, body)
+    # Draining is not dead: whatever watches liveness must not kill the live session.
+    assert get(hport, "/livez") == (200, "ok\n")
     assert live.poll() is None, "the live session is not cut"
 
 
