@@ -3,21 +3,24 @@
 ################################################################################
 
 resource "aws_launch_template" "this" {
-  name_prefix            = "${var.name}-"
-  description            = "${var.name}: bastion instances"
-  image_id               = local.ami_id
-  key_name               = var.key_name
-  user_data              = base64encode(local.user_data)
+  count = local.create ? 1 : 0
+
+  name_prefix = "${var.name}-"
+  description = "${var.name}: bastion instances"
+  image_id    = local.ami_id
+  key_name    = var.key_name
+  # gzip: EC2 takes at most 16 KiB of user data; cloud-init unpacks it.
+  user_data              = base64gzip(local.user_data)
   update_default_version = true
 
   iam_instance_profile {
-    arn = aws_iam_instance_profile.this.arn
+    arn = local.iam_instance_profile_arn
   }
 
   network_interfaces {
     associate_public_ip_address = var.associate_public_ip_address
     delete_on_termination       = true
-    security_groups             = concat([aws_security_group.this.id], var.additional_security_group_ids)
+    security_groups             = concat([local.security_group_id], var.additional_security_group_ids)
   }
 
   # IMDSv2 only, one hop: tokens are required and cannot leave the instance.
@@ -72,14 +75,21 @@ resource "aws_launch_template" "this" {
 ################################################################################
 
 resource "aws_autoscaling_group" "this" {
+  count = local.create ? 1 : 0
+
   name                = local.asg_name
   vpc_zone_identifier = var.subnet_ids
   min_size            = var.min_size
   max_size            = var.max_size
   desired_capacity    = var.desired_capacity
 
-  target_group_arns         = [aws_lb_target_group.this.arn]
-  health_check_type         = "ELB"
+  # EC2, not ELB: the NLB's check is readiness (/readyz), which a full or
+  # draining instance, or one still shipping its audit backlog, fails on
+  # purpose; replacing it would cut live sessions and lose the backlog. The
+  # instance reports itself Unhealthy (autoscaling:SetInstanceHealth) when its
+  # liveness check (/livez) fails, and the group then replaces it (through the drain).
+  target_group_arns         = [aws_lb_target_group.this[0].arn]
+  health_check_type         = "EC2"
   health_check_grace_period = var.health_check_grace_period
   default_instance_warmup   = var.health_check_grace_period
   capacity_rebalance        = var.on_demand_percentage_above_base_capacity < 100
@@ -93,8 +103,8 @@ resource "aws_autoscaling_group" "this" {
 
     launch_template {
       launch_template_specification {
-        launch_template_id = aws_launch_template.this.id
-        version            = aws_launch_template.this.latest_version
+        launch_template_id = aws_launch_template.this[0].id
+        version            = aws_launch_template.this[0].latest_version
       }
 
       dynamic "override" {
@@ -138,17 +148,20 @@ resource "aws_autoscaling_group" "this" {
     delete = "${ceil(local.lifecycle_heartbeat_timeout / 60) + 15}m"
   }
 
-  # Instances read the host key and complete the lifecycle hook from their first boot.
-  depends_on = [aws_iam_role_policy.this, aws_ssm_parameter.host_key]
+  # Instances read (or create) the host key, report their health and complete
+  # the lifecycle hook from their first boot.
+  depends_on = [aws_iam_role_policy.this, aws_iam_role_policy_attachment.ssm]
 }
 
 # Scale-in and replacement wait for the drain: the instance's drain watcher
-# stops the bastion (live sessions run up to shutdown_grace) and then completes
-# this hook; should it never do so, the heartbeat timeout (longer than
-# shutdown_grace) lets the termination continue.
+# stops the bastion (live sessions run up to shutdown_grace, the audit backlog
+# ships for up to ship_grace) and then completes this hook; should it never do
+# so, the heartbeat timeout (longer than both) lets the termination continue.
 resource "aws_autoscaling_lifecycle_hook" "drain" {
+  count = local.create ? 1 : 0
+
   name                   = local.lifecycle_hook_name
-  autoscaling_group_name = aws_autoscaling_group.this.name
+  autoscaling_group_name = aws_autoscaling_group.this[0].name
   lifecycle_transition   = "autoscaling:EC2_INSTANCE_TERMINATING"
   heartbeat_timeout      = local.lifecycle_heartbeat_timeout
   default_result         = "CONTINUE"

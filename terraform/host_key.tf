@@ -1,5 +1,5 @@
 ################################################################################
-# KMS key (host key parameter, log group)
+# KMS key (host key parameter, log group, audit bucket)
 ################################################################################
 
 # A key policy: its "Resource": "*" means this key and nothing else.
@@ -36,7 +36,7 @@ data "aws_iam_policy_document" "kms" {
 
       principals {
         type        = "Service"
-        identifiers = ["logs.${local.region}.amazonaws.com"]
+        identifiers = ["logs.${local.region}.${local.dns_suffix}"]
       }
 
       condition {
@@ -51,7 +51,7 @@ data "aws_iam_policy_document" "kms" {
 resource "aws_kms_key" "this" {
   count = local.create_kms_key ? 1 : 0
 
-  description             = "${var.name}: SSH host key parameter and audit log group"
+  description             = "${var.name}: SSH host key parameter, audit log group and audit bucket"
   enable_key_rotation     = true
   deletion_window_in_days = var.kms_key_deletion_window_in_days
   policy                  = data.aws_iam_policy_document.kms[0].json
@@ -68,26 +68,32 @@ resource "aws_kms_alias" "this" {
 
 ################################################################################
 # Host key: one for every instance behind the load balancer
+#
+# Not a resource: the first instance that boots generates the key (ssh-keygen)
+# and stores it with `aws ssm put-parameter --type SecureString` (no
+# --overwrite: the first writer wins, every other instance reads the winner's
+# key), so the private key never enters the Terraform state. `terraform
+# destroy` leaves the parameter (see the README).
 ################################################################################
 
-# Generated once. The private key is in the Terraform state (keep the state
-# encrypted and access-controlled), or supply host_key_parameter_name instead.
-resource "tls_private_key" "host" {
-  count = local.create_host_key ? 1 : 0
+# Earlier versions generated the key in Terraform (tls_private_key) and stored
+# it here (aws_ssm_parameter). Upgrading forgets both instead of destroying
+# them: the parameter, and so the key users know, stays as it is, and the
+# instances read it (their put-parameter finds it exists).
+removed {
+  from = aws_ssm_parameter.host_key
 
-  algorithm = "ED25519"
+  lifecycle {
+    destroy = false
+  }
 }
 
-resource "aws_ssm_parameter" "host_key" {
-  count = local.create_host_key ? 1 : 0
+removed {
+  from = tls_private_key.host
 
-  name        = local.host_key_parameter_name
-  description = "${var.name}: the SSH host key every bastion instance presents (OpenSSH private key)"
-  type        = "SecureString"
-  key_id      = local.kms_key_arn
-  value       = tls_private_key.host[0].private_key_openssh
-
-  tags = local.tags
+  lifecycle {
+    destroy = false
+  }
 }
 
 ################################################################################
@@ -95,7 +101,7 @@ resource "aws_ssm_parameter" "host_key" {
 ################################################################################
 
 resource "aws_cloudwatch_log_group" "this" {
-  count = var.create_log_group ? 1 : 0
+  count = local.create && var.create_log_group ? 1 : 0
 
   name              = local.log_group_name
   retention_in_days = var.log_retention_in_days

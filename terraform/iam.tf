@@ -3,45 +3,75 @@
 ################################################################################
 
 locals {
-  # docs/iam/key-reader-policy.json, kept in this module (tests compare the two).
-  key_reader_policy = jsondecode(file("${path.module}/policies/key-reader-policy.json"))
+  # docs/iam/key-reader-policy.json, kept in this module (tests compare the two),
+  # in the partition the module runs in (the identity account's is the same).
+  key_reader_policy = jsondecode(replace(file("${path.module}/policies/key-reader-policy.json"), "\"arn:aws:", "\"arn:${local.partition}:"))
+
+  create_iam_role = local.create && var.create_iam_instance_profile
+  iam_role_name   = coalesce(var.iam_role_name, var.name)
+
+  # The module's role and profile, or the ones brought along (create_iam_instance_profile = false).
+  iam_instance_profile_arn = var.create_iam_instance_profile ? one(aws_iam_instance_profile.this[*].arn) : var.iam_instance_profile_arn
+  iam_role_arn             = var.create_iam_instance_profile ? one(aws_iam_role.this[*].arn) : one(data.aws_iam_instance_profile.this[*].role_arn)
+  iam_role_name_in_use     = var.create_iam_instance_profile ? one(aws_iam_role.this[*].name) : one(data.aws_iam_instance_profile.this[*].role_name)
 }
 
 data "aws_iam_policy_document" "assume_ec2" {
+  count = local.create_iam_role ? 1 : 0
+
   statement {
     sid     = "Ec2InstancesAssumeThisRole"
     actions = ["sts:AssumeRole"]
 
     principals {
       type        = "Service"
-      identifiers = ["ec2.amazonaws.com"]
+      identifiers = ["ec2.${local.dns_suffix}"]
     }
   }
 }
 
 resource "aws_iam_role" "this" {
-  name                 = var.name
-  description          = "${var.name}: the bastion instances (IAM key lookup, host key, drain)"
-  assume_role_policy   = data.aws_iam_policy_document.assume_ec2.json
+  count = local.create_iam_role ? 1 : 0
+
+  name                 = var.iam_role_use_name_prefix ? null : local.iam_role_name
+  name_prefix          = var.iam_role_use_name_prefix ? "${local.iam_role_name}-" : null
+  path                 = var.iam_role_path
+  permissions_boundary = var.iam_role_permissions_boundary
+  description          = "${var.name}: the bastion instances (IAM key lookup, host key, health, drain, audit shipping)"
+  assume_role_policy   = data.aws_iam_policy_document.assume_ec2[0].json
   max_session_duration = 3600
 
   tags = local.tags
 }
 
 resource "aws_iam_instance_profile" "this" {
-  name = var.name
-  role = aws_iam_role.this.name
+  count = local.create_iam_role ? 1 : 0
+
+  name        = var.iam_role_use_name_prefix ? null : local.iam_role_name
+  name_prefix = var.iam_role_use_name_prefix ? "${local.iam_role_name}-" : null
+  path        = var.iam_role_path
+  role        = aws_iam_role.this[0].name
 
   tags = local.tags
 }
 
-resource "aws_iam_role_policy_attachment" "ssm" {
-  count = var.attach_ssm_policy ? 1 : 0
+# A profile brought along: its role, for the outputs, the audit bucket's
+# policy and the identity account's trust policy.
+data "aws_iam_instance_profile" "this" {
+  count = local.create && !var.create_iam_instance_profile ? 1 : 0
 
-  role       = aws_iam_role.this.name
+  name = element(split("/", var.iam_instance_profile_arn), length(split("/", var.iam_instance_profile_arn)) - 1)
+}
+
+resource "aws_iam_role_policy_attachment" "ssm" {
+  count = local.create_iam_role && var.attach_ssm_policy ? 1 : 0
+
+  role       = aws_iam_role.this[0].name
   policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
 }
 
+# What the instances do. Read without create_iam_instance_profile too: the
+# iam_role_policy output is what a role brought along needs.
 data "aws_iam_policy_document" "this" {
   # IAM users' SSH keys and groups: read here (docs/iam/key-reader-policy.json) ...
   dynamic "statement" {
@@ -69,17 +99,67 @@ data "aws_iam_policy_document" "this" {
     resources = [local.host_key_parameter_arn]
   }
 
+  # The generated host key: the first instance to boot creates the parameter
+  # (put-parameter without --overwrite, so no instance can replace a key that
+  # exists), encrypted with the module's key through SSM, for this parameter only.
   dynamic "statement" {
-    for_each = local.host_key_kms_key_arn == null ? [] : [local.host_key_kms_key_arn]
+    for_each = local.generate_host_key ? [1] : []
     content {
-      sid       = "DecryptTheHostKeyThroughSsm"
-      actions   = ["kms:Decrypt"]
-      resources = [statement.value]
+      sid       = "CreateTheHostKeyOnFirstBoot"
+      actions   = ["ssm:PutParameter"]
+      resources = [local.host_key_parameter_arn]
+    }
+  }
+
+  # ... and never replace it (put-parameter --overwrite), whatever else the role is given.
+  dynamic "statement" {
+    for_each = local.generate_host_key ? [1] : []
+    content {
+      sid       = "NeverReplaceTheHostKey"
+      effect    = "Deny"
+      actions   = ["ssm:PutParameter"]
+      resources = [local.host_key_parameter_arn]
+
+      condition {
+        test     = "StringEquals"
+        variable = "ssm:Overwrite"
+        values   = ["true"]
+      }
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.generate_host_key && local.host_key_kms_key_arn != null ? [1] : []
+    content {
+      sid       = "EncryptTheHostKeyThroughSsm"
+      actions   = ["kms:Encrypt", "kms:GenerateDataKey"]
+      resources = [local.host_key_kms_key_arn]
 
       condition {
         test     = "StringEquals"
         variable = "kms:ViaService"
-        values   = ["ssm.${local.region}.amazonaws.com"]
+        values   = ["ssm.${local.region}.${local.dns_suffix}"]
+      }
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:EncryptionContext:PARAMETER_ARN"
+        values   = [local.host_key_parameter_arn]
+      }
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.host_key_kms_key_arn == null ? [] : [1]
+    content {
+      sid       = "DecryptTheHostKeyThroughSsm"
+      actions   = ["kms:Decrypt"]
+      resources = [local.host_key_kms_key_arn]
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["ssm.${local.region}.${local.dns_suffix}"]
       }
     }
   }
@@ -87,6 +167,14 @@ data "aws_iam_policy_document" "this" {
   statement {
     sid       = "CompleteTheDrainLifecycleHook"
     actions   = ["autoscaling:CompleteLifecycleAction"]
+    resources = [local.asg_arn]
+  }
+
+  # Liveness: an instance whose /livez fails reports itself Unhealthy (the
+  # group checks EC2 status only), and the group replaces it through the drain.
+  statement {
+    sid       = "ReportLivenessFailures"
+    actions   = ["autoscaling:SetInstanceHealth"]
     resources = [local.asg_arn]
   }
 
@@ -101,34 +189,62 @@ data "aws_iam_policy_document" "this" {
         "logs:PutLogEvents",
         "logs:GetLogEvents",
       ]
-      resources = ["${aws_cloudwatch_log_group.this[0].arn}:*"]
+      resources = ["arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:${local.log_group_name}:*"]
     }
   }
 
+  # The audit archive: new objects only. The bastion sends If-None-Match: * on
+  # every PutObject, so S3 refuses to replace an existing key; a request
+  # without the header (an overwrite, a multipart upload, a copy) is not allowed.
   dynamic "statement" {
-    for_each = var.audit_s3_bucket == null ? [] : [var.audit_s3_bucket]
+    for_each = local.audit_s3_enabled ? [1] : []
     content {
       sid       = "ArchiveTheAuditTrailInS3"
       actions   = ["s3:PutObject"]
-      resources = ["arn:${local.partition}:s3:::${statement.value}/${var.audit_s3_prefix}*"]
+      resources = ["${local.audit_s3_bucket_arn}/${var.audit_s3_prefix}*"]
+
+      condition {
+        test     = "Null"
+        variable = "s3:if-none-match"
+        values   = ["false"]
+      }
+    }
+  }
+
+  # A chunk S3 refused to replace (the bastion wrote it just before a crash, and
+  # did not live to record it) is read back, so its events are not sent again.
+  dynamic "statement" {
+    for_each = local.audit_s3_enabled ? [1] : []
+    content {
+      sid       = "ReadBackAChunkAlreadyThere"
+      actions   = ["s3:GetObject"]
+      resources = ["${local.audit_s3_bucket_arn}/${var.audit_s3_prefix}*"]
     }
   }
 
   dynamic "statement" {
-    for_each = var.audit_s3_bucket == null || var.audit_s3_kms_key_arn == null ? [] : [var.audit_s3_kms_key_arn]
+    for_each = local.audit_s3_enabled && local.audit_s3_kms_key_arn != null ? [1] : []
     content {
       sid       = "EncryptTheAuditArchive"
-      actions   = ["kms:GenerateDataKey"]
-      resources = [statement.value]
+      actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+      resources = [local.audit_s3_kms_key_arn]
+
+      # For the archive's objects only (the bucket's own ARN with an S3 Bucket Key).
+      condition {
+        test     = "StringLike"
+        variable = "kms:EncryptionContext:aws:s3:arn"
+        values   = [local.audit_s3_bucket_arn, "${local.audit_s3_bucket_arn}/${var.audit_s3_prefix}*"]
+      }
     }
   }
 
+  # The bastion and its worker, when they come from S3.
   dynamic "statement" {
-    for_each = local.binary_s3 == null ? [] : [local.binary_s3]
+    for_each = length(local.binary_s3) > 0 ? [1] : []
     content {
-      sid       = "FetchTheBastionBinary"
+      sid       = "FetchTheBastionBinaries"
       actions   = ["s3:GetObject"]
-      resources = ["arn:${local.partition}:s3:::${statement.value[0]}/${statement.value[1]}"]
+      resources = distinct([for b in local.binary_s3 : "arn:${local.partition}:s3:::${b[0]}/${b[1]}"])
     }
   }
 
@@ -179,8 +295,10 @@ data "aws_iam_policy_document" "this" {
 }
 
 resource "aws_iam_role_policy" "this" {
+  count = local.create_iam_role ? 1 : 0
+
   name   = var.name
-  role   = aws_iam_role.this.id
+  role   = aws_iam_role.this[0].id
   policy = data.aws_iam_policy_document.this.json
 }
 
@@ -197,7 +315,7 @@ locals {
     Statement = [{
       Sid       = "TheBastionsInstanceRoleMayAssumeThis"
       Effect    = "Allow"
-      Principal = { AWS = aws_iam_role.this.arn }
+      Principal = { AWS = local.iam_role_arn }
       Action    = "sts:AssumeRole"
     }]
   }

@@ -2,6 +2,12 @@
 # General
 ################################################################################
 
+variable "create" {
+  description = "Create the module's resources. False: nothing is created, and nothing looked up but the partition, region and account (the terraform-aws-modules `create` toggle)."
+  type        = bool
+  default     = true
+}
+
 variable "name" {
   description = "Name of every resource the module creates (load balancer, target group, Auto Scaling group, IAM role, security group, SSM parameter path, log group). Letters, digits and hyphens, starting with a letter, at most 28 characters (target group names are limited to 32)."
   type        = string
@@ -81,7 +87,7 @@ variable "allow_internet_ingress" {
 }
 
 variable "health_check_cidr_blocks" {
-  description = "Address ranges the load balancer's health checks come from, admitted on `health_port`. Default: the CIDR blocks of `lb_subnet_ids` (the NLB's nodes live there)."
+  description = "With `create_lb_security_group = false`: address ranges the load balancer's health checks come from, admitted on `health_port`. Default: the CIDR blocks of `lb_subnet_ids` (the NLB's nodes live there). With the NLB's own security group (the default) the instances admit that group instead and this is not used."
   type        = list(string)
   default     = null
 
@@ -135,6 +141,60 @@ variable "additional_security_group_ids" {
   }
 }
 
+variable "admin_cidr_blocks" {
+  description = "With `host_sshd = \"port\"`: the address ranges (IPv4 or IPv6 CIDRs) admitted to the instances' own sshd on `host_sshd_port`, directly (not through the NLB): your administrators' VPN, or the subnet of an EC2 Instance Connect Endpoint. `0.0.0.0/0` and `::/0` are refused unless `allow_internet_ingress = true`."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.admin_cidr_blocks : can(cidrhost(c, 0))])
+    error_message = "admin_cidr_blocks must be valid CIDR blocks (e.g. 10.0.0.0/16)."
+  }
+
+  validation {
+    condition     = var.allow_internet_ingress || alltrue([for c in var.admin_cidr_blocks : !can(cidrhost(c, 0)) || cidrsubnet(c, 0, 0) != "0.0.0.0/0" && cidrsubnet(c, 0, 0) != "::/0"])
+    error_message = "admin_cidr_blocks opens the host's sshd to the whole internet (0.0.0.0/0 or ::/0); list your administrators' ranges, or set allow_internet_ingress = true to mean it."
+  }
+
+  validation {
+    condition     = var.host_sshd != "port" || length(var.admin_cidr_blocks) > 0
+    error_message = "host_sshd = \"port\" needs at least one admin_cidr_blocks entry (who may reach the host's sshd)."
+  }
+
+  validation {
+    condition     = var.host_sshd == "port" || length(var.admin_cidr_blocks) == 0
+    error_message = "admin_cidr_blocks only applies with host_sshd = \"port\"."
+  }
+}
+
+variable "create_security_group" {
+  description = "Create the instances' security group (and its rules). False: attach `security_group_id` instead, which you manage: it must admit `service_port` and `health_port` from the NLB's security group (output `lb_security_group_id`; or from the clients and the NLB's subnets with `create_lb_security_group = false`), and let out `onward_ports` and HTTPS."
+  type        = bool
+  default     = true
+}
+
+variable "security_group_id" {
+  description = "With `create_security_group = false`: the security group of the instances (sg-…)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.security_group_id == null || can(regex("^sg-[0-9a-f]+$", coalesce(var.security_group_id, "-")))
+    error_message = "security_group_id must be a security group id (sg-…)."
+  }
+
+  validation {
+    condition     = var.create_security_group == (var.security_group_id == null)
+    error_message = "Set security_group_id exactly when create_security_group = false."
+  }
+}
+
+variable "create_lb_security_group" {
+  description = "Give the NLB a security group of its own (`service_port` from `allowed_cidr_blocks`; out to the instances on `service_port` and `health_port`), and let the instances admit only that group on both ports. An NLB gets security groups only when it is created: false keeps an NLB created without one (by an earlier version of this module) and filters clients on the instances' group instead; IPv6 clients then cannot be admitted (no `dualstack`)."
+  type        = bool
+  default     = true
+}
+
 variable "associate_public_ip_address" {
   description = "Give the instances public IP addresses. Not needed behind the NLB (they only need a route to the AWS APIs); leave it off."
   type        = bool
@@ -157,7 +217,7 @@ variable "service_port" {
 }
 
 variable "health_port" {
-  description = "The port of the bastion's HTTP health endpoint (`health_listen`, `GET /healthz`), checked by the NLB and (through it) the Auto Scaling group. Reachable only from `health_check_cidr_blocks`."
+  description = "The port of the bastion's HTTP health endpoints (`health_listen`): the NLB checks `GET /readyz` (takes new connections), the instance itself watches `GET /livez` (the process is up and able to serve). Reachable only from the NLB (its security group, or `health_check_cidr_blocks` without one)."
   type        = number
   default     = 8080
 
@@ -245,9 +305,75 @@ variable "ami_id" {
 }
 
 variable "key_name" {
-  description = "EC2 key pair for the instances. Default none: use SSM Session Manager (`attach_ssm_policy`) to break glass."
+  description = "EC2 key pair for the instances. Default none: break glass with SSM Session Manager (`attach_ssm_policy`) or with EC2 Instance Connect to the host's own sshd (`host_sshd`)."
   type        = string
   default     = null
+}
+
+variable "create_iam_instance_profile" {
+  description = "Create the instance role (with the bastion's inline policy) and its instance profile. False: the instances use `iam_instance_profile_arn`, whose role you manage: give it the `iam_role_policy` output."
+  type        = bool
+  default     = true
+}
+
+variable "iam_instance_profile_arn" {
+  description = "With `create_iam_instance_profile = false`: the ARN of the instance profile the instances use (arn:PARTITION:iam::ACCOUNT:instance-profile/NAME). Its role must have the permissions of the `iam_role_policy` output."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.iam_instance_profile_arn == null || can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:instance-profile/[A-Za-z0-9+=,.@_/-]{1,512}$", coalesce(var.iam_instance_profile_arn, "-")))
+    error_message = "iam_instance_profile_arn must be an instance profile ARN (arn:PARTITION:iam::ACCOUNT:instance-profile/NAME)."
+  }
+
+  validation {
+    condition     = var.create_iam_instance_profile == (var.iam_instance_profile_arn == null)
+    error_message = "Set iam_instance_profile_arn exactly when create_iam_instance_profile = false."
+  }
+}
+
+variable "iam_role_name" {
+  description = "Name of the instance role and its instance profile (or their name prefix, with `iam_role_use_name_prefix`). Null: `name`."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.iam_role_name == null || can(regex("^[A-Za-z0-9+=,.@_-]{1,64}$", coalesce(var.iam_role_name, "-")))
+    error_message = "iam_role_name must be an IAM role name (letters, digits and +=,.@_-, at most 64 characters)."
+  }
+}
+
+variable "iam_role_use_name_prefix" {
+  description = "Use `iam_role_name` (or `name`) as a name prefix of the role and the instance profile (`<name>-` and a unique suffix) rather than as their exact name. Changing it replaces both."
+  type        = bool
+  default     = false
+
+  validation {
+    condition     = !var.iam_role_use_name_prefix || length(coalesce(var.iam_role_name, var.name)) <= 37
+    error_message = "With iam_role_use_name_prefix, iam_role_name (or name) must be at most 37 characters (IAM name prefixes are at most 38, with the hyphen)."
+  }
+}
+
+variable "iam_role_path" {
+  description = "IAM path of the instance role and its instance profile."
+  type        = string
+  default     = "/"
+
+  validation {
+    condition     = length(var.iam_role_path) <= 512 && can(regex("^/([A-Za-z0-9+=,.@_-]+/)*$", var.iam_role_path))
+    error_message = "iam_role_path must be an IAM path: / or /segment/…/ (letters, digits and +=,.@_-)."
+  }
+}
+
+variable "iam_role_permissions_boundary" {
+  description = "ARN of the managed policy to set as the instance role's permissions boundary. Null: none."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.iam_role_permissions_boundary == null || can(regex("^arn:aws[a-z-]*:iam::([0-9]{12}|aws):policy/[A-Za-z0-9+=,.@_/-]{1,512}$", coalesce(var.iam_role_permissions_boundary, "-")))
+    error_message = "iam_role_permissions_boundary must be an IAM policy ARN (arn:PARTITION:iam::ACCOUNT:policy/NAME)."
+  }
 }
 
 variable "attach_ssm_policy" {
@@ -357,7 +483,7 @@ variable "spot_allocation_strategy" {
 }
 
 variable "health_check_grace_period" {
-  description = "Seconds after an instance starts before the Auto Scaling group acts on its load balancer health (boot, artifact download, first health check)."
+  description = "Seconds after an instance starts before the Auto Scaling group acts on its EC2 status checks (boot, artifact download), and the instance warm-up. The group checks EC2 status only; a bastion that stays dead is reported Unhealthy by the instance itself (`/livez`; see the README, Health)."
   type        = number
   default     = 180
 
@@ -432,6 +558,69 @@ variable "docker_image" {
   }
 }
 
+variable "bastion_worker_binary_url" {
+  description = "Where instances fetch the `bastion-worker` binary (the per-connection sandboxed worker) at boot: `https://…` or `s3://bucket/key` (the instance role gets `s3:GetObject` on it). Null: `bastion_binary_url` with its last path segment replaced by `bastion-worker` (…/v1.0.0/bastion-x86_64 -> …/v1.0.0/bastion-worker). Only with `bastion_binary_url`; the container image carries its own."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.bastion_worker_binary_url == null || can(regex("^(https://[A-Za-z0-9.-]+(:[0-9]+)?/|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/)[A-Za-z0-9._~/%+=@-]+$", coalesce(var.bastion_worker_binary_url, "-")))
+    error_message = "bastion_worker_binary_url must be an https:// or s3://bucket/key URL (letters, digits and ._~/%+=@- in the path; no query string)."
+  }
+
+  validation {
+    condition     = var.bastion_worker_binary_url == null || var.bastion_binary_url != null
+    error_message = "bastion_worker_binary_url only applies with bastion_binary_url (the container image carries its own worker)."
+  }
+}
+
+variable "bastion_worker_binary_sha256" {
+  description = "SHA-256 of the `bastion-worker` binary (64 lowercase hex digits, `sha256sum` output). Required with `bastion_binary_url`; a mismatch aborts the boot."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.bastion_worker_binary_sha256 == null || can(regex("^[0-9a-f]{64}$", coalesce(var.bastion_worker_binary_sha256, "-")))
+    error_message = "bastion_worker_binary_sha256 must be 64 lowercase hex digits."
+  }
+
+  validation {
+    condition     = (var.bastion_binary_url == null) == (var.bastion_worker_binary_sha256 == null)
+    error_message = "bastion_worker_binary_sha256 is required with bastion_binary_url (and only with it)."
+  }
+}
+
+################################################################################
+# Host sshd (break-glass)
+################################################################################
+
+variable "host_sshd" {
+  description = "The AMI's own sshd: `disabled` (the default: stopped and disabled, nothing but the bastion listens for SSH) or `port` (moved to `host_sshd_port`, admitted from `admin_cidr_blocks` only; log in with EC2 Instance Connect, e.g. `aws ec2-instance-connect ssh --instance-id i-… --ssh-port 2222`, for break-glass access next to SSM Session Manager)."
+  type        = string
+  default     = "disabled"
+
+  validation {
+    condition     = contains(["disabled", "port"], var.host_sshd)
+    error_message = "host_sshd must be \"disabled\" or \"port\"."
+  }
+}
+
+variable "host_sshd_port" {
+  description = "With `host_sshd = \"port\"`: the TCP port of the instances' own sshd (not `service_port` nor `health_port`)."
+  type        = number
+  default     = 2222
+
+  validation {
+    condition     = var.host_sshd_port == floor(var.host_sshd_port) && var.host_sshd_port >= 1 && var.host_sshd_port <= 65535
+    error_message = "host_sshd_port must be a TCP port between 1 and 65535."
+  }
+
+  validation {
+    condition     = var.host_sshd != "port" || var.host_sshd_port != var.service_port && var.host_sshd_port != var.health_port
+    error_message = "host_sshd_port must differ from service_port and health_port."
+  }
+}
+
 ################################################################################
 # The bastion: configuration (rendered into /etc/bastion/bastion.toml)
 ################################################################################
@@ -493,6 +682,22 @@ variable "shutdown_grace_seconds" {
   validation {
     condition     = var.shutdown_grace_seconds == floor(var.shutdown_grace_seconds) && var.shutdown_grace_seconds >= 0 && var.shutdown_grace_seconds <= 6900
     error_message = "shutdown_grace_seconds must be a whole number of seconds between 0 and 6900 (the lifecycle hook's heartbeat is at most 7200 s)."
+  }
+}
+
+variable "audit_ship_grace_seconds" {
+  description = "After the drain (`shutdown_grace_seconds`), how long a stopping bastion keeps shipping its audit backlog to CloudWatch Logs and S3 before it exits (`audit.ship_grace`). systemd's stop timeout is `shutdown_grace_seconds + audit_ship_grace_seconds + 30`, the termination lifecycle hook's heartbeat `shutdown_grace_seconds + audit_ship_grace_seconds + 120`."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.audit_ship_grace_seconds == floor(var.audit_ship_grace_seconds) && var.audit_ship_grace_seconds >= 0 && var.audit_ship_grace_seconds <= 3600
+    error_message = "audit_ship_grace_seconds must be a whole number of seconds between 0 and 3600."
+  }
+
+  validation {
+    condition     = var.shutdown_grace_seconds + var.audit_ship_grace_seconds + 120 <= 7200
+    error_message = "shutdown_grace_seconds + audit_ship_grace_seconds must be at most 7080 (the lifecycle hook's heartbeat, their sum plus 120 s, is at most 7200 s)."
   }
 }
 
@@ -583,7 +788,7 @@ variable "eic_push_instance_tags" {
 ################################################################################
 
 variable "host_key_parameter_name" {
-  description = "An existing SSM SecureString parameter holding the OpenSSH private host key every instance presents. Null (the default): the module generates an ED25519 key once and stores it in `/<name>/host_ed25519_key`; that key is then also in the Terraform state."
+  description = "An existing SSM SecureString parameter holding the OpenSSH private host key every instance presents. Null (the default): `/<name>/host_ed25519_key`, generated by the first instance that boots (`ssh-keygen`, then `aws ssm put-parameter` without `--overwrite`: the first writer wins and every instance reads the winner's key), encrypted with the module's KMS key. The key never enters the Terraform state, and `terraform destroy` leaves the parameter."
   type        = string
   default     = null
 
@@ -605,7 +810,7 @@ variable "host_key_kms_key_arn" {
 }
 
 variable "kms_key_arn" {
-  description = "KMS key ARN for what the module encrypts (the generated host key parameter and the log group; its key policy must let CloudWatch Logs use it for the log group). Null: the module creates one, with rotation, when it needs one."
+  description = "KMS key ARN for what the module encrypts (the generated host key parameter, the log group, and the audit bucket it creates unless `audit_s3_kms_key_arn`; its key policy must let CloudWatch Logs use it for the log group). Null: the module creates one, with rotation, when it needs one."
   type        = string
   default     = null
 
@@ -637,13 +842,52 @@ variable "create_log_group" {
 }
 
 variable "audit_s3_bucket" {
-  description = "Also archive the audit trail in this existing S3 bucket: one object per user and session (`<audit_s3_prefix><user>/YYYY/MM/DD/<session>.jsonl`), SSE-KMS with `audit_s3_kms_key_arn` or SSE-S3. Null: no S3 archive."
+  description = "Also archive the audit trail in this S3 bucket, under `audit_s3_prefix`: every chunk of a session's events as a new object, never rewritten (each PutObject carries `If-None-Match: *`, and the instance role may write only such requests), SSE-KMS with `audit_s3_kms_key_arn` or SSE-S3. An existing bucket (turn on versioning and Object Lock: see the README), or, with `create_audit_bucket`, the name of the bucket to create (null there: a `<name>-audit-` prefix). Null without `create_audit_bucket`: no S3 archive."
   type        = string
   default     = null
 
   validation {
     condition     = var.audit_s3_bucket == null || can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.audit_s3_bucket))
     error_message = "audit_s3_bucket must be an S3 bucket name: 3 to 63 lowercase letters, digits, dots and hyphens."
+  }
+}
+
+variable "create_audit_bucket" {
+  description = "Create the audit archive bucket (named `audit_s3_bucket`, or with the prefix `<name>-audit-`): versioning, Object Lock with a default retention (`audit_s3_object_lock_mode`, `audit_s3_object_lock_days`), all public access blocked, bucket-owner-enforced ownership, SSE-KMS (`audit_s3_kms_key_arn`, or the module's key), and a bucket policy denying requests without TLS and denying the instance role any PutObject without `If-None-Match` and any delete. Outputs `audit_s3_bucket_name` and `audit_s3_bucket_arn`."
+  type        = bool
+  default     = false
+}
+
+variable "audit_s3_object_lock_mode" {
+  description = "With `create_audit_bucket`: the default Object Lock retention mode. `GOVERNANCE`: only principals with `s3:BypassGovernanceRetention` can delete or shorten a retention early; `COMPLIANCE`: nobody can, not even the account root, until the retention ends."
+  type        = string
+  default     = "GOVERNANCE"
+
+  validation {
+    condition     = contains(["GOVERNANCE", "COMPLIANCE"], var.audit_s3_object_lock_mode)
+    error_message = "audit_s3_object_lock_mode must be GOVERNANCE or COMPLIANCE."
+  }
+}
+
+variable "audit_s3_object_lock_days" {
+  description = "With `create_audit_bucket`: the default Object Lock retention of every audit object, in days."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = var.audit_s3_object_lock_days == floor(var.audit_s3_object_lock_days) && var.audit_s3_object_lock_days >= 1 && var.audit_s3_object_lock_days <= 36500
+    error_message = "audit_s3_object_lock_days must be a whole number of days between 1 and 36500."
+  }
+}
+
+variable "audit_s3_access_log_bucket" {
+  description = "With `create_audit_bucket`: an existing bucket that receives the archive's S3 server access logs (under `<archive bucket>/`), i.e. who read or wrote it. Null: none (CloudTrail data events are the other way to see reads)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.audit_s3_access_log_bucket == null || can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", coalesce(var.audit_s3_access_log_bucket, "-")))
+    error_message = "audit_s3_access_log_bucket must be an S3 bucket name: 3 to 63 lowercase letters, digits, dots and hyphens."
   }
 }
 
@@ -659,7 +903,7 @@ variable "audit_s3_prefix" {
 }
 
 variable "audit_s3_kms_key_arn" {
-  description = "KMS key for SSE-KMS on the audit objects (the instances get kms:GenerateDataKey on it). Null: SSE-S3 (AES256)."
+  description = "KMS key for SSE-KMS on the audit objects (the instances get kms:GenerateDataKey on it, for this bucket's objects only). Null: SSE-S3 (AES256), or the module's key with `create_audit_bucket`."
   type        = string
   default     = null
 
@@ -677,5 +921,48 @@ variable "log_retention_in_days" {
   validation {
     condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653, 0], var.log_retention_in_days)
     error_message = "log_retention_in_days must be a value CloudWatch Logs accepts (e.g. 30, 90, 365, 731; 0 = never expire)."
+  }
+}
+
+################################################################################
+# Alarms
+################################################################################
+
+variable "create_alarms" {
+  description = "Create CloudWatch alarms: targets failing the NLB's readiness check longer than a drain takes, fewer instances in service than `min_size`, and (with `create_log_group`) spikes of refused logins and refused forwards, counted from the audit log group by metric filters."
+  type        = bool
+  default     = false
+}
+
+variable "alarm_actions" {
+  description = "ARNs to notify when an alarm fires (e.g. SNS topics)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for a in var.alarm_actions : can(regex("^arn:aws[a-z-]*:[a-z0-9-]+:", a))])
+    error_message = "alarm_actions must be ARNs (e.g. of SNS topics)."
+  }
+}
+
+variable "alarm_refused_logins_threshold" {
+  description = "With `create_alarms`: refused logins (audit events `auth` with `success` false) within 5 minutes, across all instances, above which the alarm fires."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.alarm_refused_logins_threshold >= 0
+    error_message = "alarm_refused_logins_threshold must not be negative."
+  }
+}
+
+variable "alarm_refused_forwards_threshold" {
+  description = "With `create_alarms`: refused forwards (audit events `port` with `allowed` false) within 5 minutes, across all instances, above which the alarm fires."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.alarm_refused_forwards_threshold >= 0
+    error_message = "alarm_refused_forwards_threshold must not be negative."
   }
 }

@@ -1,15 +1,11 @@
 terraform {
-  # 1.9: variable validations may refer to other variables.
+  # 1.9: variable validations may refer to other variables (and 1.7: removed blocks).
   required_version = ">= 1.9"
 
   required_providers {
     aws = {
       source  = "hashicorp/aws"
       version = ">= 5.80"
-    }
-    tls = {
-      source  = "hashicorp/tls"
-      version = ">= 4.0"
     }
   }
 }

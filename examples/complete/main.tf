@@ -119,8 +119,9 @@ module "bastion" {
   allowed_cidr_blocks = var.allowed_cidr_blocks
   iam_groups          = var.iam_groups
 
-  bastion_binary_url    = var.bastion_binary_url
-  bastion_binary_sha256 = var.bastion_binary_sha256
+  bastion_binary_url           = var.bastion_binary_url
+  bastion_binary_sha256        = var.bastion_binary_sha256
+  bastion_worker_binary_sha256 = var.bastion_worker_binary_sha256
 
   # Who may reach what: ops anywhere in the VPC on SSH, everyone else only the
   # app subnets' SSH and the database port.
@@ -162,7 +163,23 @@ module "bastion" {
   on_demand_base_capacity                  = 1
   on_demand_percentage_above_base_capacity = 50
 
-  shutdown_grace_seconds = 600
+  # A stopping instance lets sessions run 10 minutes, then ships its audit backlog for up to 2.
+  shutdown_grace_seconds   = 600
+  audit_ship_grace_seconds = 120
+
+  # Break glass: the AMI's own sshd on 2222, reachable only through the EC2
+  # Instance Connect Endpoint below (its subnet), with keys pushed by EC2
+  # Instance Connect: aws ec2-instance-connect ssh --instance-id i-… --ssh-port 2222 --connection-type eice
+  host_sshd         = "port"
+  host_sshd_port    = 2222
+  admin_cidr_blocks = [aws_subnet.private[0].cidr_block]
+
+  # The audit trail also in an S3 bucket nobody can rewrite (Object Lock), and alarms.
+  create_audit_bucket       = true
+  audit_s3_object_lock_mode = "GOVERNANCE"
+  audit_s3_object_lock_days = 365
+  create_alarms             = true
+  alarm_actions             = var.alarm_actions
 
   route53_zone_id     = var.route53_zone_id
   route53_record_name = var.route53_record_name
@@ -173,4 +190,32 @@ module "bastion" {
   tags = local.tags
 
   depends_on = [aws_route_table_association.private, aws_nat_gateway.this]
+}
+
+################################################################################
+# Break-glass path: an EC2 Instance Connect Endpoint to the instances' own sshd
+################################################################################
+
+resource "aws_security_group" "eice" {
+  name_prefix = "${var.name}-eice-"
+  description = "${var.name}: EC2 Instance Connect Endpoint to the bastion instances' own sshd"
+  vpc_id      = aws_vpc.this.id
+
+  tags = merge(local.tags, { Name = "${var.name}-eice" })
+}
+
+resource "aws_vpc_security_group_egress_rule" "eice_to_host_sshd" {
+  security_group_id            = aws_security_group.eice.id
+  description                  = "The bastion instances' own sshd"
+  ip_protocol                  = "tcp"
+  from_port                    = 2222
+  to_port                      = 2222
+  referenced_security_group_id = module.bastion.security_group_id
+}
+
+resource "aws_ec2_instance_connect_endpoint" "this" {
+  subnet_id          = aws_subnet.private[0].id
+  security_group_ids = [aws_security_group.eice.id]
+
+  tags = merge(local.tags, { Name = var.name })
 }

@@ -8,9 +8,14 @@ output "ssh_config" {
   value       = module.bastion.ssh_config
 }
 
-output "known_hosts" {
-  description = "known_hosts line for the bastion's host key."
-  value       = module.bastion.known_hosts
+output "known_hosts_command" {
+  description = "Prints the known_hosts line of the bastion's host key (read from SSM once an instance has booted)."
+  value       = module.bastion.known_hosts_command
+}
+
+output "audit_s3_bucket_name" {
+  description = "The Object-Locked bucket archiving the audit trail."
+  value       = module.bastion.audit_s3_bucket_name
 }
 
 output "security_group_id" {

@@ -31,6 +31,17 @@ variable "bastion_binary_sha256" {
   type        = string
 }
 
+variable "bastion_worker_binary_sha256" {
+  description = "SHA-256 of the `bastion-worker` binary published next to it (same directory, file name `bastion-worker`; `sha256sum target/release/bastion-worker`)."
+  type        = string
+}
+
+variable "alarm_actions" {
+  description = "Where the module's CloudWatch alarms notify (e.g. an SNS topic ARN)."
+  type        = list(string)
+  default     = []
+}
+
 variable "iam_groups" {
   description = "IAM groups whose users may log in."
   type        = list(string)

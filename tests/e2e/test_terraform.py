@@ -1,10 +1,12 @@
 """The Terraform module (terraform/) and its examples.
 
-No provider plugin can be downloaded here, so `terraform init`, `validate` and
-`plan` of the module itself cannot run. What runs without providers is tested:
+Here, without providers:
 
 - `terraform fmt` over the module and the examples;
 - checkov over the module (every skip justified in place);
+- the generated reference in terraform/README.md (terraform/docs.py) is current,
+  and documents every input and output; no ARN names partition `aws` literally,
+  and no provider but hashicorp/aws is required;
 - the module's own variable validations (terraform/variables.tf, copied alone
   into a temporary root module and planned with good and bad inputs);
 - the user data (templates/user-data.sh.tftpl) and the bastion configuration
@@ -16,15 +18,20 @@ No provider plugin can be downloaded here, so `terraform init`, `validate` and
   replaced by recording stand-ins, and the drain watcher run the same way;
 - the IAM policy the module mirrors from docs/iam/, and examples/ssh_config.
 
+The module itself is planned by `terraform test` against a mocked AWS provider
+in test_terraform_plan.py.
+
 A missing tool (terraform, shellcheck, checkov, unshare) fails the test.
 """
 
 import base64
+import gzip
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -116,6 +123,44 @@ def test_readme_documents_every_input_and_output():
                 assert re.search(r"^  type\s*=", block, re.M), block[:200]
 
 
+def test_readme_reference_is_generated_and_current():
+    """terraform/docs.py regenerates the tables between the terraform-docs markers;
+    --check fails when the README differs from what it would write."""
+    readme = (MODULE / "README.md").read_text()
+    assert readme.count("<!-- BEGIN_TF_DOCS -->") == 1 and readme.count("<!-- END_TF_DOCS -->") == 1
+    r = run([sys.executable, str(MODULE / "docs.py"), "--check"], cwd=ROOT)
+    assert r.returncode == 0, f"terraform/README.md is stale: run terraform/docs.py\n{r.stdout}{r.stderr}"
+    # The generator sees every block: each resource and data source of the module is in the table.
+    tf = "\n".join(p.read_text() for p in sorted(MODULE.glob("*.tf")))
+    reference = readme.split("<!-- BEGIN_TF_DOCS -->")[1]
+    for kind, rtype, name in re.findall(r'^(resource|data) "(\w+)" "(\w+)"', tf, re.M):
+        prefix = "data." if kind == "data" else ""
+        assert f"`{prefix}{rtype}.{name}`" in reference, f"{prefix}{rtype}.{name} is not in the reference"
+
+
+def test_every_arn_names_the_partition():
+    """ARNs are built with data.aws_partition (arn:${local.partition}:…); a literal
+    arn:aws: appears only in descriptions and error messages (as an example)."""
+    # The policy kept from docs/iam/ names partition aws; iam.tf reads it through this.
+    rewrite = ('jsondecode(replace(file("${path.module}/policies/key-reader-policy.json"), '
+               '"\\"arn:aws:", "\\"arn:${local.partition}:"))')
+    assert rewrite in (MODULE / "iam.tf").read_text()
+    for tf in sorted(MODULE.glob("*.tf")):
+        for n, line in enumerate(tf.read_text().splitlines(), 1):
+            if "arn:aws:" in line and rewrite not in line:
+                assert re.match(r"\s*(description|error_message)\s*=", line), f"{tf.name}:{n}: {line.strip()}"
+
+
+def test_only_the_aws_provider_is_required():
+    """The host key is generated on the instances (never in the state): no tls provider,
+    in the module or the examples."""
+    for versions in [MODULE / "versions.tf", *sorted((ROOT / "examples").glob("*/versions.tf"))]:
+        text = versions.read_text()
+        assert re.findall(r'source\s*=\s*"([^"]+)"', text) == ["hashicorp/aws"], f"{versions}: {text}"
+    for tf in MODULE.glob("*.tf"):
+        assert not re.search(r'^(resource|data) "tls_', tf.read_text(), re.M), tf.name
+
+
 def test_example_ssh_config_jumps_through_the_bastion():
     ssh = tool("ssh")
     for host in ("10.0.3.17", "db1.internal"):
@@ -138,13 +183,16 @@ GOOD = {
     "iam_groups": ["bastion-users"],
     "bastion_binary_url": "https://releases.example.com/bastion/v1/bastion-x86_64",
     "bastion_binary_sha256": SHA_OF_NOTHING,
+    "bastion_worker_binary_sha256": SHA_OF_NOTHING,
 }
+
+NO_BINARY = {"bastion_binary_url": None, "bastion_binary_sha256": None, "bastion_worker_binary_sha256": None}
 
 VALIDATION_CASES = [
     # (name, changes to GOOD (None removes), error fragment or None when valid)
     ("good", {}, None),
     ("s3 binary", {"bastion_binary_url": "s3://my-artifacts/bastion/bastion-x86_64"}, None),
-    ("docker instead of binary", {"bastion_binary_url": None, "bastion_binary_sha256": None,
+    ("docker instead of binary", {**NO_BINARY,
                                   "docker_image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/bastion@sha256:" + "a" * 64},
      None),
     ("internet on purpose", {"allowed_cidr_blocks": ["0.0.0.0/0", "::/0"], "allow_internet_ingress": True}, None),
@@ -154,7 +202,7 @@ VALIDATION_CASES = [
     ("not a CIDR", {"allowed_cidr_blocks": ["10.0.0.0/33"]}, "valid CIDR block"),
     ("no clients", {"allowed_cidr_blocks": []}, "at least one valid CIDR block"),
     ("binary and image", {"docker_image": "bastion:1"}, "exactly one of bastion_binary_url"),
-    ("neither binary nor image", {"bastion_binary_url": None, "bastion_binary_sha256": None}, "exactly one of bastion_binary_url"),
+    ("neither binary nor image", NO_BINARY, "exactly one of bastion_binary_url"),
     ("binary without checksum", {"bastion_binary_sha256": None}, "bastion_binary_sha256 is required"),
     ("bad checksum", {"bastion_binary_sha256": SHA_OF_NOTHING.upper()}, "64 lowercase hex digits"),
     ("plain http", {"bastion_binary_url": "http://example.com/bastion"}, "https:// or s3://"),
@@ -207,6 +255,72 @@ VALIDATION_CASES = [
      "eic_push_instance_tags must map tag keys"),
     ("instance tag key empty", {"eic_push": True, "eic_push_instance_tags": {"": "dev"}},
      "eic_push_instance_tags must map tag keys"),
+    # The worker binary
+    ("worker from elsewhere", {"bastion_worker_binary_url": "s3://my-artifacts/bastion/bastion-worker-x86_64"}, None),
+    ("worker without checksum", {"bastion_worker_binary_sha256": None}, "bastion_worker_binary_sha256 is required"),
+    ("worker checksum in capitals", {"bastion_worker_binary_sha256": SHA_OF_NOTHING.upper()},
+     "bastion_worker_binary_sha256 must be 64 lowercase hex digits"),
+    ("worker checksum with an image", {**NO_BINARY, "docker_image": "bastion:1", "bastion_worker_binary_sha256": SHA_OF_NOTHING},
+     "bastion_worker_binary_sha256 is required with bastion_binary_url (and only with it)"),
+    ("worker URL with an image", {**NO_BINARY, "docker_image": "bastion:1", "bastion_worker_binary_url": "https://example.com/w"},
+     "bastion_worker_binary_url only applies with bastion_binary_url"),
+    ("worker over plain http", {"bastion_worker_binary_url": "http://example.com/bastion-worker"}, "https:// or s3://"),
+    # The host's own sshd
+    ("host sshd on a port", {"host_sshd": "port", "admin_cidr_blocks": ["10.20.0.0/16", "2001:db8:1::/48"]}, None),
+    ("host sshd on 2022", {"host_sshd": "port", "host_sshd_port": 2022, "admin_cidr_blocks": ["10.20.0.0/16"]}, None),
+    ("service port 2222, host sshd off", {"service_port": 2222}, None),
+    ("host sshd mode unknown", {"host_sshd": "enabled"}, 'host_sshd must be "disabled" or "port"'),
+    ("host sshd without admins", {"host_sshd": "port"}, "needs at least one admin_cidr_blocks entry"),
+    ("admins without host sshd", {"admin_cidr_blocks": ["10.20.0.0/16"]}, 'admin_cidr_blocks only applies with host_sshd = "port"'),
+    ("admin range not a CIDR", {"host_sshd": "port", "admin_cidr_blocks": ["10.20.0.0/33"]}, "admin_cidr_blocks must be valid CIDR blocks"),
+    ("admins from the internet", {"host_sshd": "port", "admin_cidr_blocks": ["0.0.0.0/0"]},
+     "admin_cidr_blocks opens the host's sshd to the whole internet"),
+    ("host sshd on the SSH port", {"host_sshd": "port", "host_sshd_port": 22, "admin_cidr_blocks": ["10.20.0.0/16"]},
+     "host_sshd_port must differ from service_port and health_port"),
+    ("host sshd on the health port", {"host_sshd": "port", "host_sshd_port": 8080, "admin_cidr_blocks": ["10.20.0.0/16"]},
+     "host_sshd_port must differ from service_port and health_port"),
+    ("host sshd port out of range", {"host_sshd": "port", "host_sshd_port": 70000, "admin_cidr_blocks": ["10.20.0.0/16"]},
+     "host_sshd_port must be a TCP port between 1 and 65535"),
+    # Audit shipping on shutdown, and the archive
+    ("ship grace", {"audit_ship_grace_seconds": 600, "shutdown_grace_seconds": 600}, None),
+    ("ship grace negative", {"audit_ship_grace_seconds": -1}, "between 0 and 3600"),
+    ("ship grace fractional", {"audit_ship_grace_seconds": 1.5}, "between 0 and 3600"),
+    ("ship grace beyond the hook", {"audit_ship_grace_seconds": 3600, "shutdown_grace_seconds": 3600},
+     "the lifecycle hook's heartbeat, their sum plus 120 s, is at most 7200 s"),
+    ("audit bucket created", {"create_audit_bucket": True, "audit_s3_object_lock_mode": "COMPLIANCE",
+                              "audit_s3_object_lock_days": 2557, "audit_s3_access_log_bucket": "example-logs"}, None),
+    ("audit lock mode unknown", {"create_audit_bucket": True, "audit_s3_object_lock_mode": "governance"},
+     "audit_s3_object_lock_mode must be GOVERNANCE or COMPLIANCE"),
+    ("audit lock days zero", {"create_audit_bucket": True, "audit_s3_object_lock_days": 0}, "between 1 and 36500"),
+    ("audit log bucket not a name", {"audit_s3_access_log_bucket": "Logs_Bucket"}, "audit_s3_access_log_bucket must be an S3 bucket name"),
+    # terraform-aws-modules conventions
+    ("nothing created", {"create": False}, None),
+    ("role named, prefixed, pathed, bounded", {"iam_role_name": "jump-host", "iam_role_use_name_prefix": True,
+                                               "iam_role_path": "/platform/bastion/",
+                                               "iam_role_permissions_boundary": "arn:aws-us-gov:iam::123456789012:policy/boundary"}, None),
+    ("role prefix too long", {"iam_role_name": "a" * 38, "iam_role_use_name_prefix": True}, "at most 37 characters"),
+    ("role name with a space", {"iam_role_name": "jump host"}, "iam_role_name must be an IAM role name"),
+    ("role path without slashes", {"iam_role_path": "platform"}, "iam_role_path must be an IAM path"),
+    ("boundary not a policy", {"iam_role_permissions_boundary": "arn:aws:iam::123456789012:role/x"},
+     "iam_role_permissions_boundary must be an IAM policy ARN"),
+    ("own instance profile", {"create_iam_instance_profile": False,
+                              "iam_instance_profile_arn": "arn:aws:iam::123456789012:instance-profile/platform/bastion"}, None),
+    ("own profile without its ARN", {"create_iam_instance_profile": False}, "Set iam_instance_profile_arn exactly when"),
+    ("profile ARN with the module's profile", {"iam_instance_profile_arn": "arn:aws:iam::123456789012:instance-profile/b"},
+     "Set iam_instance_profile_arn exactly when"),
+    ("profile ARN of a role", {"create_iam_instance_profile": False, "iam_instance_profile_arn": "arn:aws:iam::123456789012:role/b"},
+     "iam_instance_profile_arn must be an instance profile ARN"),
+    ("own security group", {"create_security_group": False, "security_group_id": "sg-0123456789abcdef0"}, None),
+    ("own security group without its id", {"create_security_group": False}, "Set security_group_id exactly when"),
+    ("security group id with the module's group", {"security_group_id": "sg-0123456789abcdef0"}, "Set security_group_id exactly when"),
+    ("security group id malformed", {"create_security_group": False, "security_group_id": "default"},
+     "security_group_id must be a security group id"),
+    ("NLB without a security group", {"create_lb_security_group": False}, None),
+    # Alarms
+    ("alarms", {"create_alarms": True, "alarm_actions": ["arn:aws:sns:eu-west-1:123456789012:oncall"],
+                "alarm_refused_logins_threshold": 5, "alarm_refused_forwards_threshold": 0}, None),
+    ("alarm action not an ARN", {"create_alarms": True, "alarm_actions": ["oncall"]}, "alarm_actions must be ARNs"),
+    ("alarm threshold negative", {"alarm_refused_logins_threshold": -1}, "must not be negative"),
 ]
 
 
@@ -274,6 +388,7 @@ def config_vars(**over):
         "s3_prefix": "bastion/",
         "s3_kms_key_id": "",
         "shutdown_grace_seconds": 300,
+        "ship_grace_seconds": 60,
     }
     v.update(over)
     return v
@@ -283,6 +398,8 @@ def user_data_vars(**over):
     v = {
         "binary_url": "",
         "binary_sha256": "",
+        "worker_binary_url": "",
+        "worker_binary_sha256": "",
         "docker_image": "",
         "ecr_registry": "",
         "ecr_region": "",
@@ -293,8 +410,14 @@ def user_data_vars(**over):
         "asg_name": "bastion",
         "lifecycle_hook_name": "bastion-drain",
         "shutdown_grace_seconds": 300,
-        "stop_timeout_seconds": 330,
+        "ship_grace_seconds": 60,
+        "stop_timeout_seconds": 390,
         "extra_user_data": "",
+        "host_sshd": "disabled",
+        "host_sshd_port": 2222,
+        "host_key_parameter_name": "/bastion/host_ed25519_key",
+        "host_key_generate": True,
+        "host_key_kms_key_arn": "",
     }
     v.update(over)
     return v
@@ -319,7 +442,9 @@ echo "extra user data ran" >/etc/bastion/extra-ran
 RENDER_CASES = {
     "binary over https": (
         config_vars(),
-        user_data_vars(binary_url="https://releases.example.com/bastion/v1/bastion-x86_64", binary_sha256=SHA_OF_NOTHING),
+        user_data_vars(binary_url="https://releases.example.com/bastion/v1/bastion-x86_64", binary_sha256=SHA_OF_NOTHING,
+                       worker_binary_url="https://releases.example.com/bastion/v1/bastion-worker-x86_64",
+                       worker_binary_sha256=SHA_OF_NOTHING),
     ),
     "binary from s3, proxy protocol, cross-account": (
         config_vars(proxy_protocol=True, assume_role_arn="arn:aws:iam::111111111111:role/bastion-key-reader",
@@ -327,7 +452,10 @@ RENDER_CASES = {
                     allow_rules=[{"principals": ["group:ops"], "to": ["10.0.0.0/8:22", "*.internal:22"]},
                                  {"principals": ["alice", "first.last.at.example.com"], "to": ["db.internal:5432", "10.1.2.3:8000-8100"]}]),
         user_data_vars(binary_url="s3://my-artifacts/bastion/bastion-x86_64", binary_sha256=SHA_OF_NOTHING,
-                       service_port=2222, health_port=9090, shutdown_grace_seconds=600, stop_timeout_seconds=630),
+                       worker_binary_url="s3://my-artifacts/bastion/bastion-worker", worker_binary_sha256=SHA_OF_NOTHING,
+                       service_port=2222, health_port=9090, shutdown_grace_seconds=600, stop_timeout_seconds=690,
+                       host_sshd="port", host_sshd_port=22, host_key_generate=False,
+                       host_key_kms_key_arn="arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
     ),
     "docker from ECR, any IAM user, extra user data": (
         config_vars(iam_groups=[], cloudwatch_log_group="", s3_bucket="example-audit", s3_prefix="trails/",
@@ -345,7 +473,9 @@ RENDER_CASES = {
                     allow_rules=[{"principals": ["group:dev"], "to": ["tag:env=dev:22", "i-0abc*:22"], "os_users": ["ubuntu"]},
                                  {"principals": ["group:ops"], "to": ["tag:aws:cloudformation:stack-name=web-*:22"]},
                                  {"principals": ["*"], "to": ["10.42.0.0/16:22"]}]),
-        user_data_vars(binary_url="https://releases.example.com/bastion/v1/bastion-x86_64", binary_sha256=SHA_OF_NOTHING),
+        user_data_vars(binary_url="https://releases.example.com/bastion/v1/bastion-x86_64", binary_sha256=SHA_OF_NOTHING,
+                       worker_binary_url="https://releases.example.com/bastion/v1/bastion-worker-x86_64",
+                       worker_binary_sha256=SHA_OF_NOTHING),
     ),
 }
 
@@ -373,8 +503,10 @@ def test_user_data_passes_shellcheck(rendered, tmp_path):
     r = shellcheck(w)
     assert r.returncode == 0, f"shellcheck on the drain watcher:\n{r.stdout}"
     assert script.startswith("#!/bin/bash\n") and "\nset -euo pipefail\n" in script
-    # EC2 takes at most 16 KiB of user data (before base64).
-    assert len(script.encode()) < 16384, len(script.encode())
+    # EC2 takes at most 16 KiB of user data (before base64): the module gzips it (cloud-init
+    # unpacks gzip), with room to spare for extra_user_data.
+    assert len(gzip.compress(script.encode())) < 12288, len(gzip.compress(script.encode()))
+    assert re.search(r"^\s*user_data\s*=\s*base64gzip\(local\.user_data\)$", (MODULE / "asg.tf").read_text(), re.M)
     if ud["extra_user_data"]:
         assert script.rstrip().endswith(ud["extra_user_data"].rstrip()), script[-400:]
     else:
@@ -410,12 +542,15 @@ def test_rendered_config_passes_check_config(rendered, tmp_path):
         assert t["audit"].get("s3_kms_key_id", "") == cfg["s3_kms_key_id"]
         assert t["audit"].get("s3_sse") == ("aws:kms" if cfg["s3_kms_key_id"] else None)
     assert t["limits"]["shutdown_grace"] == f"{cfg['shutdown_grace_seconds']}s"
+    assert t["audit"]["ship_grace"] == f"{cfg['ship_grace_seconds']}s"
 
 
 def test_a_bad_allow_rule_fails_check_config(tmp_path):
     """The check above can fail: an impossible target makes check-config exit 64."""
     _, config = render(tmp_path, config_vars(allow_rules=[{"principals": ["*"], "to": ["10.0.0.0/33:22"]}]),
-                       user_data_vars(binary_url="https://example.com/bastion", binary_sha256=SHA_OF_NOTHING))
+                       user_data_vars(binary_url="https://example.com/bastion", binary_sha256=SHA_OF_NOTHING,
+                                      worker_binary_url="https://example.com/bastion-worker",
+                                      worker_binary_sha256=SHA_OF_NOTHING))
     f = tmp_path / "bastion.toml"
     f.write_text(config)
     r = run([str(BASTION), "check-config", "--config", str(f)])
@@ -435,7 +570,7 @@ out= url=
 while [ $# -gt 0 ]; do
   case "$1" in
     -o) out="$2"; shift 2 ;;
-    -H|-X|--retry|--proto) shift 2 ;;
+    -H|-X|-m|--retry|--proto) shift 2 ;;
     -*) shift ;;
     *) url="$1"; shift ;;
   esac
@@ -448,6 +583,7 @@ case "$url" in
   http://169.254.169.254/latest/meta-data/autoscaling/target-lifecycle-state)
     n=$(($(cat "$STUB_LOG.polls" 2>/dev/null || echo 0) + 1)); echo "$n" >"$STUB_LOG.polls"
     if [ "$n" -ge "${STUB_TERMINATED_AFTER:-1}" ]; then echo Terminated; else echo InService; fi ;;
+  http://127.0.0.1:*/livez) [ -z "${STUB_LIVEZ_FAIL:-}" ] || exit 22; [ "$out" = /dev/null ] || echo ok ;;
   https://*) cp "$STUB_DOWNLOAD" "$out" ;;
   *) exit 22 ;;
 esac
@@ -466,7 +602,21 @@ echo "docker $*" >>"$STUB_LOG"
 [ "$1" = login ] && cat >/dev/null
 exit 0
 """,
-    "systemctl": """#!/bin/bash\necho "systemctl $*" >>"$STUB_LOG"\n""",
+    # systemctl: records; `cat UNIT` finds the units in $STUB_UNITS (an AMI's sshd.service
+    # by default); starting bastion.service makes `ss` see it on the service port.
+    "systemctl": r"""#!/bin/bash
+echo "systemctl $*" >>"$STUB_LOG"
+case "$1" in
+  cat) [[ " ${STUB_UNITS-sshd.service} " == *" $2 "* ]] || exit 1 ;;
+  enable) [ "$*" != "enable --now bastion.service" ] || touch "$STUB_LOG.listening" ;;
+esac
+exit 0
+""",
+    "ss": r"""#!/bin/bash
+echo "ss $*" >>"$STUB_LOG"
+[ ! -e "$STUB_LOG.listening" ] || echo 'LISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:(("bastion",pid=1,fd=3))'
+""",
+    "sshd": """#!/bin/bash\necho "sshd $*" >>"$STUB_LOG"\n""",
     "logger": """#!/bin/bash\necho "logger $*" >>"$STUB_LOG"\n""",
 }
 
@@ -476,7 +626,7 @@ def _drop_installed_binaries(tmp_path):
     """The boots install a copy of the (large) bastion binary into their overlay: drop it
     afterwards, so the temporary directories pytest keeps stay small."""
     yield
-    for copy in tmp_path.glob("upper/usr/local/bin/bastion"):
+    for copy in tmp_path.glob("upper/usr/local/bin/bastion*"):
         copy.unlink()
 
 
@@ -532,31 +682,48 @@ def sha256(path):
 def test_boot_installs_the_verified_binary_and_starts_it(tmp_path, case):
     binary = real_binary()
     cfg, ud = RENDER_CASES[case]
-    ud = {**ud, "binary_sha256": sha256(binary)}
+    ud = {**ud, "binary_sha256": sha256(binary), "worker_binary_sha256": sha256(binary)}
     script, config = render(tmp_path, cfg, ud)
     b = Boot(tmp_path, script, binary)
     assert b.result.returncode == 0, str(b)
-    installed = b.file("/usr/local/bin/bastion")
-    assert installed.read_bytes() == binary.read_bytes()
-    assert installed.stat().st_mode & 0o777 == 0o755
+    for name in ("bastion", "bastion-worker"):
+        installed = b.file(f"/usr/local/bin/{name}")
+        assert installed.read_bytes() == binary.read_bytes()
+        assert installed.stat().st_mode & 0o777 == 0o755
     assert b.file("/etc/bastion/bastion.toml").read_text() == config
     assert b.file("/etc/bastion/bastion.toml").stat().st_mode & 0o777 == 0o600
     assert b.file(ud["audit_dir"]).is_dir()
     # Fetched the way the URL says, with the instance's region for S3.
-    if ud["binary_url"].startswith("s3://"):
-        assert f"aws --region eu-west-1 s3 cp --only-show-errors {ud['binary_url']} " in "\n".join(b.calls)
-    else:
-        assert f"curl {ud['binary_url']}" in b.calls
+    for url in (ud["binary_url"], ud["worker_binary_url"]):
+        if url.startswith("s3://"):
+            assert f"aws --region eu-west-1 s3 cp --only-show-errors {url} " in "\n".join(b.calls)
+        else:
+            assert f"curl {url}" in b.calls
     unit = b.file("/etc/systemd/system/bastion.service").read_text()
     assert "ExecStart=/usr/local/bin/bastion serve --config /etc/bastion/bastion.toml" in unit
     assert "KillMode=mixed" in unit and "Environment=AWS_REGION=eu-west-1" in unit
     assert f"TimeoutStopSec={ud['stop_timeout_seconds']}" in unit
-    assert ud["stop_timeout_seconds"] > ud["shutdown_grace_seconds"]
-    assert "systemctl enable --now bastion.service" in b.calls
+    assert ud["stop_timeout_seconds"] > ud["shutdown_grace_seconds"] + ud["ship_grace_seconds"]
+    # The AMI's sshd left the service port before the bastion started, which then served.
+    start = b.calls.index("systemctl enable --now bastion.service")
+    if ud["host_sshd"] == "disabled":
+        off = b.calls.index("systemctl disable --now sshd.service")
+        assert off < start and "systemctl mask sshd.service" in b.calls[off:start], str(b)
+    else:
+        restart = b.calls.index("systemctl restart sshd.service")
+        assert b.calls.index("sshd -t") < restart < start, str(b)
+        assert b.file("/etc/ssh/sshd_config.d/00-bastion-host-port.conf").read_text().endswith(
+            f"\nPort {ud['host_sshd_port']}\n")
+    assert f"curl http://127.0.0.1:{ud['health_port']}/livez" in b.calls[start:], str(b)
     assert "systemctl enable --now bastion-drain-watcher.service" in b.calls
     envfile = b.file("/etc/bastion/drain-watcher.env").read_text().splitlines()
     assert envfile == ["AWS_REGION=eu-west-1", f"ASG_NAME={ud['asg_name']}",
-                       f"LIFECYCLE_HOOK={ud['lifecycle_hook_name']}", "BASTION_UNIT=bastion.service"]
+                       f"LIFECYCLE_HOOK={ud['lifecycle_hook_name']}", f"HEALTH_PORT={ud['health_port']}",
+                       "BASTION_UNIT=bastion.service"]
+    # The host key: looked for in SSM (the stand-in says it exists), never generated here.
+    calls = "\n".join(b.calls)
+    assert ("ssm get-parameter --name /bastion/host_ed25519_key" in calls) is ud["host_key_generate"], calls
+    assert "put-parameter" not in calls
     # No call reached anything but the stand-ins' IMDS and the artifact.
     assert not [c for c in b.calls if c.startswith("docker")]
 
@@ -568,7 +735,7 @@ def test_boot_refuses_a_binary_whose_checksum_differs(tmp_path):
     assert b.result.returncode != 0, str(b)
     assert "SHA-256 mismatch" in b.result.stderr and SHA_OF_NOTHING in b.result.stderr, str(b)
     assert sha256(evil) in b.result.stderr and "refusing to install it" in b.result.stderr
-    assert not b.file("/usr/local/bin/bastion").exists()
+    assert not list(b.upper.glob("usr/local/bin/bastion*"))
     assert not b.file("/etc/systemd/system/bastion.service").exists()
     assert not [c for c in b.calls if c.startswith("systemctl")], str(b)
 
@@ -597,7 +764,7 @@ def test_boot_runs_the_container(tmp_path, case):
     assert text.rstrip().endswith(f"{ud['docker_image']} serve --config /etc/bastion/bastion.toml")
     unit = b.file("/etc/systemd/system/bastion.service").read_text()
     assert "ExecStart=/usr/local/libexec/bastion-container" in unit
-    assert f"stop --time {ud['shutdown_grace_seconds'] + 15} bastion" in unit
+    assert f"stop --time {ud['shutdown_grace_seconds'] + ud['ship_grace_seconds'] + 15} bastion" in unit
     assert f"TimeoutStopSec={ud['stop_timeout_seconds']}" in unit
     # extra_user_data ran last, after the services were started.
     assert b.file("/etc/bastion/extra-ran").read_text() == "extra user data ran\n"
@@ -616,7 +783,7 @@ def test_boot_without_docker_says_so(tmp_path):
 def test_drain_watcher_stops_the_bastion_then_completes_the_hook(tmp_path):
     binary = real_binary()
     cfg, ud = RENDER_CASES["binary over https"]
-    script, _ = render(tmp_path, cfg, {**ud, "binary_sha256": sha256(binary)})
+    script, _ = render(tmp_path, cfg, {**ud, "binary_sha256": sha256(binary), "worker_binary_sha256": sha256(binary)})
     b = Boot(tmp_path, script, binary)
     assert b.result.returncode == 0, str(b)
     watcher = b.file("/usr/local/libexec/bastion-drain-watcher")
@@ -637,6 +804,33 @@ def test_drain_watcher_stops_the_bastion_then_completes_the_hook(tmp_path):
     assert calls[complete] == (
         "aws --region eu-west-1 autoscaling complete-lifecycle-action --auto-scaling-group-name bastion "
         "--lifecycle-hook-name bastion-drain --instance-id i-0123456789abcdef0 --lifecycle-action-result CONTINUE")
+    # A live bastion is never reported.
+    assert not [c for c in calls if "set-instance-health" in c], calls
+
+
+def test_drain_watcher_reports_a_dead_bastion_once_and_never_a_busy_one(tmp_path):
+    """Liveness goes to the Auto Scaling group (it replaces the instance); readiness never does."""
+    binary = real_binary()
+    cfg, ud = RENDER_CASES["binary over https"]
+    script, _ = render(tmp_path, cfg, {**ud, "binary_sha256": sha256(binary), "worker_binary_sha256": sha256(binary)})
+    b = Boot(tmp_path, script, binary)
+    assert b.result.returncode == 0, str(b)
+    watcher = b.file("/usr/local/libexec/bastion-drain-watcher")
+    env = dict(line.split("=", 1) for line in b.file("/etc/bastion/drain-watcher.env").read_text().splitlines())
+    b.log.write_text("")
+    # /livez fails at every poll; Terminated after 10 polls.
+    r = run([str(watcher)], env={**b.env, **env, "STUB_TERMINATED_AFTER": "10", "STUB_LIVEZ_FAIL": "1",
+                                 "POLL_SECONDS": "0.1"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    calls = b.log.read_text().splitlines()
+    reports = [i for i, c in enumerate(calls) if "set-instance-health" in c]
+    assert len(reports) == 1, calls
+    assert calls[reports[0]] == (
+        "aws --region eu-west-1 autoscaling set-instance-health --instance-id i-0123456789abcdef0 "
+        "--health-status Unhealthy --no-should-respect-grace-period")
+    livez = [i for i, c in enumerate(calls) if c.endswith("/livez")]
+    assert len([i for i in livez if i < reports[0]]) == 6, "six failures in a row, not fewer"
+    assert "/livez has failed 6 times in a row" in r.stderr
 
 
 # --------------------------------------------------------------------------------------------
