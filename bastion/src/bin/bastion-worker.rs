@@ -1,5 +1,5 @@
 #![deny(unsafe_code)]
 
 fn main() -> std::process::ExitCode {
-    bastion::worker::main()
+    bastion::server::worker::main()
 }

@@ -5,6 +5,11 @@
 //! users". Sources are tried in the configured order; the first that
 //! authorises the key wins.
 
+pub mod authorized_keys;
+pub mod eic;
+pub mod eic_verify;
+pub mod iam;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -15,10 +20,10 @@ use serde_json::Value;
 
 use tokio::io::AsyncReadExt;
 
-use crate::authkeys::{parse_authorized_keys, KeyOptions, PublicKeyBlob};
 use crate::config::AuthSource;
-use crate::eic::EicSource;
-use crate::iam::{self, Freshness, IamSource, Record, SdkIam};
+use crate::keys::authorized_keys::{parse_authorized_keys, KeyOptions, PublicKeyBlob};
+use crate::keys::eic::EicSource;
+use crate::keys::iam::{Freshness, IamSource, Record, SdkIam};
 
 /// Output of an AuthorizedKeysCommand beyond this is an error, not a key list.
 const MAX_COMMAND_OUTPUT: usize = 1024 * 1024;
@@ -372,7 +377,7 @@ async fn eic_decide(
     key: &PublicKeyBlob,
     fingerprint: &str,
 ) -> Answer {
-    if crate::eic::validate_os_user(login).is_err() {
+    if crate::keys::eic::validate_os_user(login).is_err() {
         // Not a name EC2 Instance Connect could have stored: no IMDS request.
         return Answer::Unknown;
     }

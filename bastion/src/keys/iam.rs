@@ -993,7 +993,7 @@ mod tests {
     #[test]
     fn the_policy_document_grants_exactly_what_is_called() {
         let doc: serde_json::Value =
-            serde_json::from_str(include_str!("../../docs/iam/key-reader-policy.json")).unwrap();
+            serde_json::from_str(include_str!("../../../docs/iam/key-reader-policy.json")).unwrap();
         let mut granted: Vec<String> = doc["Statement"]
             .as_array()
             .unwrap()

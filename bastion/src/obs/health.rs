@@ -12,7 +12,7 @@
 //!
 //! Neither ever calls AWS: a load balancer's health checks must not cost IAM
 //! calls, and an IAM outage must not take healthy bastions out of service
-//! (the cache rides it out; see [`crate::iam`]).
+//! (the cache rides it out; see [`crate::keys::iam`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::monitor::{Phase, Shared};
+use crate::server::monitor::{Phase, Shared};
 
 /// `bastion healthcheck`: asks our own `path` (`/livez` or `/readyz`) at `addr` (an
 /// unspecified address means this host's loopback) and returns the status line and body
@@ -269,7 +269,7 @@ fn render(shared: &Shared) -> String {
             .collect(),
     );
     let sinks = &shared.audit.shipping().sinks;
-    let per_sink = |f: &dyn Fn(&crate::shipper::SinkStats) -> u64| -> Vec<(String, u64)> {
+    let per_sink = |f: &dyn Fn(&crate::audit::sinks::SinkStats) -> u64| -> Vec<(String, u64)> {
         sinks
             .iter()
             .map(|s| (format!("{{sink=\"{}\"}}", s.name), f(s)))

@@ -17,14 +17,14 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::audit::{trail_name, AuditLog, Event};
-use crate::authkeys::{validate_login, KeyOptions, PublicKeyBlob};
 use crate::config::Config;
 use crate::ipc::{
     self, AuthVerdict, ForwardRefusal, HostIdentity, SandboxPlan, ToMonitor, ToWorker, WorkerInit,
 };
-use crate::keysource::{KeySources, Lookup};
-use crate::policy::{Decision, Policy, Subject};
+use crate::keys::authorized_keys::{validate_login, KeyOptions, PublicKeyBlob};
+use crate::keys::{KeySources, Lookup};
 use crate::sandbox;
+use crate::targets::policy::{Decision, Policy, Subject};
 
 /// What a client is told when the audit trail cannot be written.
 pub const AUDIT_DOWN: &str = "bastion: the audit trail cannot be written, so new sessions are refused; please tell the bastion's operators";
@@ -69,9 +69,9 @@ pub struct Shared {
     pub host: HostIdentity,
     pub log_filter: String,
     pub log_json: bool,
-    pub metrics: crate::health::Metrics,
+    pub metrics: crate::obs::health::Metrics,
     /// EC2 and EC2 Instance Connect, for targets asked for by instance id.
-    ec2: crate::eic::Ec2Api,
+    ec2: crate::keys::eic::Ec2Api,
     /// PROXY protocol headers being awaited (at most `max_startups`).
     proxy_headers: Arc<tokio::sync::Semaphore>,
     exe: sandbox::WorkerExe,
@@ -157,8 +157,8 @@ impl Shared {
             host,
             log_filter,
             log_json,
-            metrics: crate::health::Metrics::default(),
-            ec2: crate::eic::Ec2Api::new(ec2_timeout),
+            metrics: crate::obs::health::Metrics::default(),
+            ec2: crate::keys::eic::Ec2Api::new(ec2_timeout),
             proxy_headers: Arc::new(tokio::sync::Semaphore::new(max_startups)),
             exe: sandbox::WorkerExe::locate(),
             root_dir,
@@ -302,24 +302,24 @@ async fn accept_loop(
             }
         };
         let peer = canonical(peer);
-        crate::health::bump(&shared.metrics.connections);
+        crate::obs::health::bump(&shared.metrics.connections);
         if shared.config.proxy_protocol {
             // The header is read in its own task, so a slow sender cannot stall
             // accepting; at most max_startups headers are awaited at once.
             let Ok(permit) = shared.proxy_headers.clone().try_acquire_owned() else {
-                crate::health::bump(&shared.metrics.dropped);
+                crate::obs::health::bump(&shared.metrics.dropped);
                 tracing::warn!(%peer, "connection dropped: too many PROXY headers pending");
                 continue;
             };
             let (shared, phase, done) = (shared.clone(), phase.clone(), done.clone());
             tokio::spawn(async move {
                 let mut socket = socket;
-                let client = crate::proxy_protocol::read_header(&mut socket, peer).await;
+                let client = crate::server::proxy_protocol::read_header(&mut socket, peer).await;
                 drop(permit);
                 match client {
                     Ok(client) => start_session(&shared, socket, canonical(client), &phase, &done),
                     Err(e) => {
-                        crate::health::bump(&shared.metrics.dropped);
+                        crate::obs::health::bump(&shared.metrics.dropped);
                         tracing::warn!(%peer, error = %e, "connection dropped: bad PROXY protocol header");
                     }
                 }
@@ -361,7 +361,7 @@ fn start_session(
             tokio::spawn(task.instrument(span));
         }
         Err(why) => {
-            crate::health::bump(&shared.metrics.dropped);
+            crate::obs::health::bump(&shared.metrics.dropped);
             tracing::warn!(%peer, reason = why, "connection dropped by admission control");
             drop(socket);
         }
@@ -384,7 +384,7 @@ async fn reached(phase: &mut watch::Receiver<Phase>, at: Phase) {
 }
 
 fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(crate::policy::canonical_ip(addr.ip()), addr.port())
+    SocketAddr::new(crate::targets::policy::canonical_ip(addr.ip()), addr.port())
 }
 
 fn new_sid() -> String {
@@ -1026,7 +1026,7 @@ async fn decide(ctx: &SessionCtx, identity: &Identity, host: &str, port: u32) ->
         user: &identity.user,
         groups: &identity.groups,
     };
-    if crate::eic::is_instance_id(host) {
+    if crate::keys::eic::is_instance_id(host) {
         return decide_instance(ctx, identity, &subject, host, port).await;
     }
     let resolved: Vec<IpAddr> = match Policy::ip_literal(host) {
@@ -1091,7 +1091,7 @@ async fn decide_instance(
     if !shared.config.eic.push {
         return decision;
     }
-    if let Err(why) = crate::eic::check_pushable(&identity.key) {
+    if let Err(why) = crate::keys::eic::check_pushable(&identity.key) {
         let ev = ctx
             .event("eic.push")
             .with("instance_id", id)

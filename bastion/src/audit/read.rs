@@ -185,7 +185,7 @@ fn read_s3(
     prefix: &str,
     user: Option<&str>,
 ) -> Result<Vec<Trail>, String> {
-    let client = crate::shipper::s3_client(conf);
+    let client = crate::audit::sinks::s3_client(conf);
     let list_prefix = match user {
         Some(u) => format!("{prefix}{u}/"),
         None => prefix.to_string(),
@@ -225,7 +225,7 @@ fn read_s3(
         // A chunk sent again after a crash may repeat events: each sequence number once.
         let mut next_seq = 0u64;
         for key in &session.keys {
-            let text = crate::shipper::get_object_text(rt, &client, bucket, key)?;
+            let text = crate::audit::sinks::get_object_text(rt, &client, bucket, key)?;
             for line in text.lines() {
                 let seq = serde_json::from_str::<Value>(line)
                     .ok()

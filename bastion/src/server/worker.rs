@@ -58,7 +58,7 @@ fn run_worker(client: OwnedFd, control: OwnedFd) -> Result<u8, WorkerError> {
         ToWorker::Init(init) => init,
         other => return Err(WorkerError::Protocol(format!("{other:?}"))),
     };
-    crate::logging::init_worker(&init.log_filter, init.log_json);
+    crate::obs::logging::init_worker(&init.log_filter, init.log_json);
     sandbox::set_process_name("bastion-worker");
 
     // Parse host keys before the sandbox: pure CPU, but keeps the sandboxed

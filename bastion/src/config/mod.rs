@@ -37,7 +37,7 @@
 //! timeout = "10s"
 //!
 //! [[auth]]
-//! type            = "iam"        # IAM users' SSH keys (crate::iam)
+//! type            = "iam"        # IAM users' SSH keys (crate::keys::iam)
 //! groups          = []           # IAM groups whose members may log in; empty: any IAM user
 //! assume_role_arn = "arn:aws:iam::123456789012:role/bastion-key-reader"   # optional
 //! cache_ttl       = "60s"
@@ -1776,7 +1776,7 @@ impl Reader<'_> {
         let groups = groups.and_then(|list| {
             let mut ok = true;
             for (i, g) in list.iter().enumerate() {
-                if let Err(why) = crate::iam::validate_group_name(g) {
+                if let Err(why) = crate::keys::iam::validate_group_name(g) {
                     self.push(&format!("{groups_key}[{i}]"), why, None);
                     ok = false;
                 }
@@ -1786,22 +1786,19 @@ impl Reader<'_> {
         let arn_key = format!("{p}.assume_role_arn");
         let assume_role_arn = match t.remove("assume_role_arn") {
             None => Some(None),
-            Some(v) => {
-                self.string(&arn_key, v)
-                    .and_then(|arn| match crate::iam::validate_role_arn(&arn) {
-                        Ok(()) => Some(Some(arn)),
-                        Err(why) => {
-                            self.push(
-                                &arn_key,
-                                why,
-                                Some(
-                                    "e.g. arn:aws:iam::123456789012:role/bastion-key-reader".into(),
-                                ),
-                            );
-                            None
-                        }
-                    })
-            }
+            Some(v) => self.string(&arn_key, v).and_then(|arn| {
+                match crate::keys::iam::validate_role_arn(&arn) {
+                    Ok(()) => Some(Some(arn)),
+                    Err(why) => {
+                        self.push(
+                            &arn_key,
+                            why,
+                            Some("e.g. arn:aws:iam::123456789012:role/bastion-key-reader".into()),
+                        );
+                        None
+                    }
+                }
+            }),
         };
         let mut ttl = |r: &mut Self, name: &str, default: Duration| {
             r.field(t, p, name, default, |r, k, v| r.duration(k, v, true))
@@ -1875,7 +1872,7 @@ impl Reader<'_> {
 
     /// A readable PEM file with at least one certificate.
     fn check_ca_bundle(&mut self, key: &str, path: &Path) -> bool {
-        match crate::eic::read_anchors(path) {
+        match crate::keys::eic::read_anchors(path) {
             Ok(_) => true,
             Err(e) => {
                 self.push(key, e, None);
@@ -1908,7 +1905,7 @@ impl Reader<'_> {
         let list = self.non_empty_strings(key, v)?;
         let mut ok = true;
         for (i, u) in list.iter().enumerate() {
-            if let Err(why) = crate::eic::validate_os_user(u) {
+            if let Err(why) = crate::keys::eic::validate_os_user(u) {
                 self.push(&format!("{key}[{i}]"), why, None);
                 ok = false;
             }
@@ -3376,7 +3373,10 @@ drain_delay = "15s"
     #[test]
     fn eic_source_and_push() {
         let f = fixture();
-        let bundle = f.write("anchors.pem", include_str!("testdata/eic/bundle.pem"));
+        let bundle = f.write(
+            "anchors.pem",
+            include_str!("../keys/testdata/eic/bundle.pem"),
+        );
         let base = format!("host_keys = [{:?}]\n", f.key);
         let cfg = ok(f.load(
             &format!(

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::authkeys::PublicKeyBlob;
-use crate::iam::{self, Freshness, IamSource, Record, SdkIam, Settings};
+use crate::keys::authorized_keys::PublicKeyBlob;
+use crate::keys::iam::{self, Freshness, IamSource, Record, SdkIam, Settings};
 
 /// Settings from widdix's `/etc/aws-ec2-ssh.conf`.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -162,7 +162,7 @@ pub fn run_eic(req: EicRequest) -> ExitCode {
             }
         },
     };
-    let source = match crate::eic::EicSource::load(&bundle, req.timeout, req.imds_endpoint) {
+    let source = match crate::keys::eic::EicSource::load(&bundle, req.timeout, req.imds_endpoint) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: --ca-bundle {e}");

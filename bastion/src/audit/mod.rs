@@ -24,6 +24,9 @@
 //! Writes fail closed: a failed write returns an error, turns
 //! [`AuditLog::healthy`] false and does not advance the hash chain.
 
+pub mod read;
+pub mod sinks;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -220,7 +223,7 @@ struct Inner {
     dir: PathBuf,
     tx: mpsc::Sender<Request>,
     healthy: Arc<AtomicBool>,
-    shipping: crate::shipper::Shipping,
+    shipping: crate::audit::sinks::Shipping,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -412,9 +415,9 @@ impl AuditLog {
     }
 
     /// Starts the remote sinks configured in `cfg`, fed from this log's directory
-    /// (see [`crate::shipper`]). Call once, before the handle is cloned.
+    /// (see [`crate::audit::sinks`]). Call once, before the handle is cloned.
     pub fn start_shipping(&mut self, cfg: &crate::config::Audit) -> Result<(), String> {
-        let shipping = crate::shipper::Shipping::start(cfg, &self.inner.dir)?;
+        let shipping = crate::audit::sinks::Shipping::start(cfg, &self.inner.dir)?;
         let inner = Arc::get_mut(&mut self.inner)
             .ok_or("start_shipping: the audit log is already shared")?;
         inner.shipping = shipping;
@@ -422,7 +425,7 @@ impl AuditLog {
     }
 
     /// The remote sinks and their state.
-    pub fn shipping(&self) -> &crate::shipper::Shipping {
+    pub fn shipping(&self) -> &crate::audit::sinks::Shipping {
         &self.inner.shipping
     }
 

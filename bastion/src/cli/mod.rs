@@ -4,6 +4,8 @@
 //! where the next step is obvious. Exit 64 for usage and configuration
 //! errors, 1 for everything else.
 
+pub mod authorized_keys;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,10 +16,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::audit::AuditLog;
 use crate::config::{self, Config, ConfigError, Override};
 use crate::ipc::{self, Secret, ToWorker, WorkerInit};
-use crate::keysource::KeySources;
-use crate::monitor::{self, Phase, Shared};
-use crate::policy::{Policy, Rule};
+use crate::keys::KeySources;
 use crate::sandbox;
+use crate::server::monitor::{self, Phase, Shared};
+use crate::targets::policy::{Policy, Rule};
 
 /// Exit code for usage and configuration errors (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -152,8 +154,8 @@ enum SourceKind {
 }
 
 impl TrailSource {
-    fn resolve(&self, path: Option<&Path>) -> Result<crate::auditread::Source, String> {
-        use crate::auditread::Source;
+    fn resolve(&self, path: Option<&Path>) -> Result<crate::audit::read::Source, String> {
+        use crate::audit::read::Source;
         let cfg = match &self.config {
             Some(p) => Some(config::load(Some(p), std::env::vars(), Vec::new()).map_err(
                 |errors| {
@@ -272,24 +274,28 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { config } => check_config(&config),
         Command::Healthcheck { config, ready } => healthcheck(config.as_deref(), ready),
-        Command::AuthorizedKeys(a) if a.eic => crate::akc::run_eic(crate::akc::EicRequest {
-            login: a.login,
-            fingerprint: a.fingerprint,
-            ca_bundle: a.ca_bundle,
-            imds_endpoint: a.imds_endpoint,
-            timeout: a.timeout,
-        }),
-        Command::AuthorizedKeys(a) => crate::akc::run(crate::akc::Request {
-            login: a.login,
-            widdix_config: a.widdix_config,
-            groups: a.groups,
-            assume_role_arn: a.assume_role_arn,
-            cache_dir: a.cache_dir,
-            cache_ttl: a.cache_ttl,
-            stale_ttl: a.stale_ttl,
-            negative_ttl: a.negative_ttl,
-            timeout: a.timeout,
-        }),
+        Command::AuthorizedKeys(a) if a.eic => {
+            crate::cli::authorized_keys::run_eic(crate::cli::authorized_keys::EicRequest {
+                login: a.login,
+                fingerprint: a.fingerprint,
+                ca_bundle: a.ca_bundle,
+                imds_endpoint: a.imds_endpoint,
+                timeout: a.timeout,
+            })
+        }
+        Command::AuthorizedKeys(a) => {
+            crate::cli::authorized_keys::run(crate::cli::authorized_keys::Request {
+                login: a.login,
+                widdix_config: a.widdix_config,
+                groups: a.groups,
+                assume_role_arn: a.assume_role_arn,
+                cache_dir: a.cache_dir,
+                cache_ttl: a.cache_ttl,
+                stale_ttl: a.stale_ttl,
+                negative_ttl: a.negative_ttl,
+                timeout: a.timeout,
+            })
+        }
         Command::Audit {
             command: AuditCommand::Verify { path, from },
         } => audit_verify(path.as_deref(), &from),
@@ -398,7 +404,7 @@ fn prepare(cfg: &Config, fetch_remote: bool) -> Result<Prepared, Vec<ConfigError
         .filter(|k| fetch_remote && k.is_remote())
         .cloned()
         .collect();
-    let mut fetched = crate::hostkeys::fetch(&remote).into_iter();
+    let mut fetched = crate::server::hostkeys::fetch(&remote).into_iter();
     let mut read = |source: &config::HostKey| match source {
         config::HostKey::File(path) => Some(
             std::fs::read_to_string(path)
@@ -598,7 +604,7 @@ fn healthcheck(config: Option<&Path>, ready: bool) -> ExitCode {
         return ExitCode::from(1);
     };
     let path = if ready { "/readyz" } else { "/livez" };
-    match crate::health::probe(addr, path, std::time::Duration::from_secs(3)) {
+    match crate::obs::health::probe(addr, path, std::time::Duration::from_secs(3)) {
         Ok(answer) => {
             println!("{answer}");
             ExitCode::SUCCESS
@@ -611,7 +617,7 @@ fn healthcheck(config: Option<&Path>, ready: bool) -> ExitCode {
 }
 
 fn audit_verify(path: Option<&Path>, from: &TrailSource) -> ExitCode {
-    use crate::auditread::Source;
+    use crate::audit::read::Source;
     let source = match from.resolve(path) {
         Ok(s) => s,
         Err(e) => {
@@ -627,12 +633,12 @@ fn audit_verify(path: Option<&Path>, from: &TrailSource) -> ExitCode {
                 Source::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
                 Source::Dir(_) => unreachable!(),
             };
-            match crate::auditread::read(other, None) {
+            match crate::audit::read::read(other, None) {
                 Ok(trails) if trails.is_empty() => {
                     print_error(&format!("{what}: no trail found"), None);
                     return ExitCode::from(1);
                 }
-                Ok(trails) => (what, crate::auditread::verify(&trails)),
+                Ok(trails) => (what, crate::audit::read::verify(&trails)),
                 Err(e) => {
                     print_error(&e, None);
                     return ExitCode::from(1);
@@ -668,7 +674,7 @@ fn audit_show(user: Option<&str>, since: Option<&str>, json: bool, from: &TrailS
     };
     let trails = match from
         .resolve(None)
-        .and_then(|s| crate::auditread::read(&s, user))
+        .and_then(|s| crate::audit::read::read(&s, user))
     {
         Ok(t) => t,
         Err(e) => {
@@ -676,13 +682,13 @@ fn audit_show(user: Option<&str>, since: Option<&str>, json: bool, from: &TrailS
             return ExitCode::from(1);
         }
     };
-    let sessions = crate::auditread::sessions(&trails, since);
+    let sessions = crate::audit::read::sessions(&trails, since);
     if json {
         for s in &sessions {
             println!("{}", s.to_json());
         }
     } else {
-        print!("{}", crate::auditread::table(&sessions));
+        print!("{}", crate::audit::read::table(&sessions));
     }
     ExitCode::SUCCESS
 }
@@ -700,7 +706,7 @@ fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    let (log_filter, log_json) = crate::logging::init_monitor();
+    let (log_filter, log_json) = crate::obs::logging::init_monitor();
     let loaded = if args.dev {
         crate::cli::dev::config(&args, overrides(&args))
     } else {
@@ -842,7 +848,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         announce(&shared, &fingerprints, &sources_desc, dev.as_ref());
         let (phase_tx, phase_rx) = tokio::sync::watch::channel(Phase::Running);
         if let Some(l) = health {
-            tokio::spawn(crate::health::serve(l, shared.clone(), phase_rx.clone()));
+            tokio::spawn(crate::obs::health::serve(l, shared.clone(), phase_rx.clone()));
         }
         let grace = shared.config.limits.shutdown_grace;
         let delay = shared.config.limits.drain_delay;

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Writes the test fixtures of bastion/src/eic_verify.rs, once, from the EIC emulator's own PKI.
+"""Writes the test fixtures of bastion/src/keys/eic_verify.rs, once, from the EIC emulator's own PKI.
 
     python3 gen_fixtures.py [OUT_DIR] [EIC_PY_DIR]
 
-OUT_DIR defaults to the directory of this script's `src/testdata/eic` (scratch crate) or, when the
+OUT_DIR defaults to the directory of this script's `src/keys/testdata/eic` (scratch crate) or, when the
 script itself lives in testdata/eic, that directory. EIC_PY_DIR defaults to tests/e2e of the main
 repository (where eic.py lives). Needs the `cryptography` package (as eic.py does).
 
@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding
 
 HERE = Path(__file__).resolve().parent
 if HERE.name == "eic":
-    default_out, default_eic = HERE, HERE.parents[3] / "tests" / "e2e"   # bastion/src/testdata/eic
+    default_out, default_eic = HERE, HERE.parents[3] / "tests" / "e2e"   # bastion/src/keys/testdata/eic
 else:
     default_out, default_eic = HERE / "src" / "testdata" / "eic", Path("/work/main/tests/e2e")
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else default_out

@@ -5,7 +5,7 @@
 //! --instance-os-user <login> …`, and for 60 s the instance metadata service
 //! (IMDS) serves that key as a signed record. [`EicSource`] reads the records
 //! for one login over IMDSv2 and accepts a key only when the signer's chain,
-//! its OCSP staples and the record itself all verify ([`crate::eic_verify`]).
+//! its OCSP staples and the record itself all verify ([`crate::keys::eic_verify`]).
 //! Nothing is cached: every login reads the records afresh, so no key outlives
 //! its record.
 //!
@@ -22,9 +22,9 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_config::imds::client::error::ImdsError;
 use aws_sdk_ec2instanceconnect::error::ProvideErrorMetadata;
 
-use crate::authkeys::PublicKeyBlob;
 use crate::config::EicAuth;
-use crate::eic_verify::{self, Anchors, RawRecord, VerifiedRecord};
+use crate::keys::authorized_keys::PublicKeyBlob;
+use crate::keys::eic_verify::{self, Anchors, RawRecord, VerifiedRecord};
 
 /// EC2 Instance Connect's `InstanceOSUser` rule: 1–32 characters,
 /// `^[A-Za-z_][A-Za-z0-9@._-]{0,30}[A-Za-z0-9$_-]?$`, or a name of 2–32
