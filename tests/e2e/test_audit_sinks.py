@@ -319,8 +319,15 @@ def test_a_full_spool_refuses_new_sessions_until_it_drains(env, bastion, moto, i
         assert r.status == 200
     assert "audit spool full; refusing a new connection" in b.stderr_text()
 
+    # Two failed S3 rounds at least: the second read the same lines again.
+    wait_until(lambda: metric(metrics(hport), "bastion_audit_sink_errors_total", "s3") >= 2, timeout=60,
+               what="S3 failing twice")
     iam_proxy.set_mode("pass")
     wait_until(lambda: len(sinks.stream("carol")) == 200, timeout=90, what="the backlog shipped")
+    # The rounds that failed during the outage read the same lines again: S3 holds each once.
+    wait_until(lambda: sinks.sessions("carol") == by_session(local(b, "carol")), timeout=90,
+               what="the backlog in S3, each event once")
+    assert sinks.rewritten() == {}
     wait_until(lambda: login(client, b, target).returncode == 0, what="logins admitted again")
 
 

@@ -263,7 +263,9 @@ struct S3Session {
 fn group_s3_keys(prefix: &str, mut keys: Vec<String>) -> Vec<S3Session> {
     keys.sort();
     let mut order: Vec<(String, String)> = Vec::new();
-    let mut sessions: BTreeMap<(String, String), (String, Vec<(u64, String)>)> = BTreeMap::new();
+    // (user, session id) → (its name, its chunks as (first seq, key)).
+    type Chunks = (String, Vec<(u64, String)>);
+    let mut sessions: BTreeMap<(String, String), Chunks> = BTreeMap::new();
     for key in keys {
         let Some(rel) = key.strip_prefix(prefix) else {
             continue;

@@ -38,6 +38,9 @@ pub fn get_object_text(
 /// A session of a trail whose lines are being shipped.
 struct OpenSession {
     trail: String,
+    /// The last sequence number taken (pending or in S3): a batch read again after a failed
+    /// round holds lines this session already has.
+    taken_seq: Option<u64>,
     /// Lines read but not in S3 yet, from `pending_seq` on, starting at offset `pending_start`.
     pending: Vec<String>,
     pending_seq: u64,
@@ -268,6 +271,7 @@ impl Sink for S3 {
             let id = (trail.to_string(), line.sid.clone());
             let s = self.open.entry(id.clone()).or_insert_with(|| OpenSession {
                 trail: trail.to_string(),
+                taken_seq: None,
                 pending: Vec::new(),
                 pending_seq: line.seq,
                 pending_start: line_start,
@@ -279,9 +283,10 @@ impl Sink for S3 {
             if line.event == "session.end" {
                 ended.push(id);
             }
-            if held.is_some_and(|h| line.seq <= h) {
+            if held.is_some_and(|h| line.seq <= h) || s.taken_seq.is_some_and(|t| line.seq <= t) {
                 continue;
             }
+            s.taken_seq = Some(line.seq);
             if s.pending.is_empty() {
                 s.pending_seq = line.seq;
                 s.pending_start = line_start;
