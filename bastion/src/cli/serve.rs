@@ -379,7 +379,8 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         announce(&shared, &fingerprints, &sources_desc, dev.as_ref());
         let (phase_tx, phase_rx) = tokio::sync::watch::channel(Phase::Running);
         if let Some(l) = health {
-            tokio::spawn(crate::obs::health::serve(l, shared.clone(), phase_rx.clone()));
+            let view = Arc::new(crate::server::health::Health::new(shared.clone(), phase_rx.clone()));
+            tokio::spawn(crate::obs::health::serve(l, view));
         }
         let grace = shared.config.limits.shutdown_grace;
         let delay = shared.config.limits.drain_delay;

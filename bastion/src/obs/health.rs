@@ -14,17 +14,11 @@
 //! calls, and an IAM outage must not take healthy bastions out of service
 //! (the cache rides it out; see [`crate::keys::iam`]).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-
-use crate::server::monitor::{Phase, Shared};
+use tokio::net::TcpListener;
 
 /// `bastion healthcheck`: asks our own `path` (`/livez` or `/readyz`) at `addr` (an
 /// unspecified address means this host's loopback) and returns the status line and body
@@ -69,241 +63,20 @@ pub fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Resul
     }
 }
 
-/// A key source's kind, the label value: `file:/etc/…`, `command:/usr/…` -> `file`, `command`.
-fn source_kind(source: &str) -> String {
-    source.split(':').next().unwrap_or("none").to_string()
+/// What the health endpoint asks of the server: a narrow view, so that this module knows
+/// nothing of the monitor (and can be tested with a fake).
+pub trait HealthView: Send + Sync {
+    /// Why the process cannot serve at all, if it cannot (`/livez` 503): what only a restart
+    /// or a new instance mends.
+    fn not_live(&self) -> Option<String>;
+    /// Why new sessions cannot be taken right now, if they cannot (`/readyz` 503).
+    fn not_ready(&self) -> Option<String>;
+    /// `/metrics`, in the Prometheus text format.
+    fn metrics(&self) -> String;
 }
 
-/// Adds one to a counter.
-pub fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Counters kept by the monitor. Label values are from small fixed sets.
-#[derive(Default)]
-pub struct Metrics {
-    pub connections: AtomicU64,
-    pub dropped: AtomicU64,
-    /// (source, result) -> count; source is `iam`, `file`, `command` or `none`.
-    pub auth: Mutex<BTreeMap<(String, &'static str), u64>>,
-    /// (source, reason kind) -> refused logins.
-    pub refusals: Mutex<BTreeMap<(String, &'static str), u64>>,
-    /// decision (`allowed`, `denied`, `failed`) -> count.
-    pub forwards: Mutex<BTreeMap<&'static str, u64>>,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub spawn_micros: AtomicU64,
-    pub spawns: AtomicU64,
-}
-
-impl Metrics {
-    pub fn auth(&self, source: &str, result: &'static str) {
-        if let Ok(mut m) = self.auth.lock() {
-            *m.entry((source_kind(source), result)).or_default() += 1;
-        }
-    }
-
-    pub fn refusal(&self, source: &str, kind: &'static str) {
-        if let Ok(mut m) = self.refusals.lock() {
-            *m.entry((source_kind(source), kind)).or_default() += 1;
-        }
-    }
-
-    pub fn forward(&self, decision: &'static str) {
-        if let Ok(mut m) = self.forwards.lock() {
-            *m.entry(decision).or_default() += 1;
-        }
-    }
-
-    pub fn spawned(&self, took: Duration) {
-        bump(&self.spawns);
-        self.spawn_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-    }
-}
-
-/// Why the bastion cannot serve at all, if it cannot: what only a restart or a new
-/// instance mends. Draining, full or an audit backlog are not among these.
-pub fn not_live(shared: &Shared) -> Option<String> {
-    if shared.config.sandbox.enabled && !shared.root_dir_ready() {
-        return Some("the sandbox runtime directory is missing".into());
-    }
-    None
-}
-
-/// Why the bastion cannot take new sessions right now, if it cannot.
-pub fn unhealthy(shared: &Shared, phase: Phase) -> Option<String> {
-    match phase {
-        Phase::Running => {}
-        Phase::Leaving => {
-            return Some(
-                "leaving: shutting down, still accepting connections until drain_delay ends".into(),
-            )
-        }
-        Phase::Draining | Phase::Closing => {
-            return Some("draining: shutting down, not accepting connections".into())
-        }
-    }
-    if !shared.audit.healthy() {
-        return Some("the audit trail cannot be written".into());
-    }
-    if let Some(why) = shared.audit.shipping().spool_full() {
-        return Some(why);
-    }
-    let (sessions, max) = shared.sessions();
-    if sessions >= max {
-        return Some(format!("full: {sessions} of {max} sessions"));
-    }
-    not_live(shared)
-}
-
-fn render(shared: &Shared) -> String {
-    let m = &shared.metrics;
-    let mut out = String::with_capacity(2048);
-    let mut counter = |name: &str, help: &str, kind: &str, lines: Vec<(String, u64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in lines {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
-    let (sessions, max) = shared.sessions();
-    counter(
-        "bastion_connections_total",
-        "TCP connections accepted.",
-        "counter",
-        vec![(String::new(), m.connections.load(Ordering::Relaxed))],
-    );
-    counter(
-        "bastion_connections_dropped_total",
-        "Connections dropped by admission control.",
-        "counter",
-        vec![(String::new(), m.dropped.load(Ordering::Relaxed))],
-    );
-    counter(
-        "bastion_sessions",
-        "Connections open now.",
-        "gauge",
-        vec![(String::new(), sessions as u64)],
-    );
-    counter(
-        "bastion_sessions_max",
-        "limits.max_sessions.",
-        "gauge",
-        vec![(String::new(), max as u64)],
-    );
-    let auth = m.auth.lock().map(|a| a.clone()).unwrap_or_default();
-    counter(
-        "bastion_auth_total",
-        "Publickey attempts with a proven key, by key source and result.",
-        "counter",
-        auth.into_iter()
-            .map(|((s, r), v)| (format!("{{source=\"{s}\",result=\"{r}\"}}"), v))
-            .collect(),
-    );
-    let refusals = m.refusals.lock().map(|a| a.clone()).unwrap_or_default();
-    counter(
-        "bastion_auth_refusals_total",
-        "Refused logins, by key source and reason.",
-        "counter",
-        refusals
-            .into_iter()
-            .map(|((s, r), v)| (format!("{{source=\"{s}\",reason=\"{r}\"}}"), v))
-            .collect(),
-    );
-    let fwd = m.forwards.lock().map(|a| a.clone()).unwrap_or_default();
-    counter(
-        "bastion_forwards_total",
-        "Onward connection requests, by decision.",
-        "counter",
-        fwd.into_iter()
-            .map(|(d, v)| (format!("{{decision=\"{d}\"}}"), v))
-            .collect(),
-    );
-    counter(
-        "bastion_forward_bytes_total",
-        "Bytes relayed by closed forwards (in: from the client).",
-        "counter",
-        vec![
-            (
-                "{direction=\"in\"}".into(),
-                m.bytes_in.load(Ordering::Relaxed),
-            ),
-            (
-                "{direction=\"out\"}".into(),
-                m.bytes_out.load(Ordering::Relaxed),
-            ),
-        ],
-    );
-    counter(
-        "bastion_worker_spawn_microseconds_total",
-        "Time spent starting sandboxed workers.",
-        "counter",
-        vec![(String::new(), m.spawn_micros.load(Ordering::Relaxed))],
-    );
-    counter(
-        "bastion_worker_spawns_total",
-        "Sandboxed workers started.",
-        "counter",
-        vec![(String::new(), m.spawns.load(Ordering::Relaxed))],
-    );
-    counter(
-        "bastion_iam_lookups_total",
-        "IAM key source lookups, by answer: fresh (IAM asked), cached, stale (IAM failed), outage (refused).",
-        "counter",
-        shared
-            .sources
-            .iam_counts()
-            .into_iter()
-            .map(|(k, v)| (format!("{{answer=\"{k}\"}}"), v))
-            .collect(),
-    );
-    counter(
-        "bastion_iam_errors_total",
-        "Failed IAM lookups, by kind.",
-        "counter",
-        shared
-            .sources
-            .iam_error_counts()
-            .into_iter()
-            .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), v))
-            .collect(),
-    );
-    let sinks = &shared.audit.shipping().sinks;
-    let per_sink = |f: &dyn Fn(&crate::audit::sinks::SinkStats) -> u64| -> Vec<(String, u64)> {
-        sinks
-            .iter()
-            .map(|s| (format!("{{sink=\"{}\"}}", s.name), f(s)))
-            .collect()
-    };
-    counter(
-        "bastion_audit_sink_up",
-        "1 while the remote audit sink's last attempt succeeded.",
-        "gauge",
-        per_sink(&|s| u64::from(s.up.load(Ordering::Relaxed))),
-    );
-    counter(
-        "bastion_audit_spool_bytes",
-        "Audit trail bytes not yet shipped to the sink.",
-        "gauge",
-        per_sink(&|s| s.unshipped.load(Ordering::Relaxed)),
-    );
-    counter(
-        "bastion_audit_shipped_events_total",
-        "Audit events delivered to the sink.",
-        "counter",
-        per_sink(&|s| s.shipped.load(Ordering::Relaxed)),
-    );
-    counter(
-        "bastion_audit_sink_errors_total",
-        "Failed attempts to ship to the sink (each retried).",
-        "counter",
-        per_sink(&|s| s.errors.load(Ordering::Relaxed)),
-    );
-    out
-}
-
-/// Serves `/healthz` and `/metrics` until the monitor exits.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, phase: watch::Receiver<Phase>) {
+/// Serves `/livez`, `/readyz` (`/healthz`) and `/metrics` until the monitor exits.
+pub async fn serve(listener: TcpListener, view: Arc<dyn HealthView>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -313,16 +86,18 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, phase: watch::Rec
                 continue;
             }
         };
-        let shared = shared.clone();
-        let phase = *phase.borrow();
+        let view = view.clone();
         tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), answer(stream, &shared, phase)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &*view)).await;
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, shared: &Shared, phase: Phase) -> std::io::Result<()> {
+/// One request on `stream`: reads its request line, writes the answer, closes.
+async fn answer<S>(mut stream: S, view: &dyn HealthView) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut buf = [0u8; 2048];
     let mut len = 0;
     // The request line is all we need; stop at its end or a full buffer.
@@ -341,11 +116,11 @@ async fn answer(mut stream: TcpStream, shared: &Shared, phase: Phase) -> std::io
         Some(why) => ("503 Service Unavailable", format!("{why}\n"), "text/plain"),
     };
     let (status, body, kind) = match (method, path) {
-        ("GET" | "HEAD", "/readyz" | "/healthz") => verdict(unhealthy(shared, phase)),
-        ("GET" | "HEAD", "/livez") => verdict(not_live(shared)),
+        ("GET" | "HEAD", "/readyz" | "/healthz") => verdict(view.not_ready()),
+        ("GET" | "HEAD", "/livez") => verdict(view.not_live()),
         ("GET" | "HEAD", "/metrics") => (
             "200 OK",
-            render(shared),
+            view.metrics(),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         ("GET" | "HEAD", _) => ("404 Not Found", "not found\n".into(), "text/plain"),
@@ -360,4 +135,94 @@ async fn answer(mut stream: TcpStream, shared: &Shared, phase: Phase) -> std::io
         stream.write_all(body.as_bytes()).await?;
     }
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake {
+        live: Option<&'static str>,
+        ready: Option<&'static str>,
+    }
+
+    impl HealthView for Fake {
+        fn not_live(&self) -> Option<String> {
+            self.live.map(String::from)
+        }
+        fn not_ready(&self) -> Option<String> {
+            self.ready.map(String::from)
+        }
+        fn metrics(&self) -> String {
+            "# TYPE x counter\nx 1\n".into()
+        }
+    }
+
+    fn ask(view: &Fake, request: &str) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(4096);
+            client.write_all(request.as_bytes()).await.unwrap();
+            answer(server, view).await.unwrap();
+            let mut out = String::new();
+            client.read_to_string(&mut out).await.unwrap();
+            out
+        })
+    }
+
+    #[test]
+    fn liveness_and_readiness_answer_apart() {
+        // Draining: not ready, still alive.
+        let draining = Fake {
+            live: None,
+            ready: Some("draining"),
+        };
+        let r = ask(&draining, "GET /readyz HTTP/1.1\r\n\r\n");
+        assert!(
+            r.starts_with("HTTP/1.1 503 ") && r.ends_with("\r\n\r\ndraining\n"),
+            "{r}"
+        );
+        assert_eq!(ask(&draining, "GET /healthz HTTP/1.1\r\n\r\n"), r);
+        let r = ask(&draining, "GET /livez HTTP/1.1\r\n\r\n");
+        assert!(
+            r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\nok\n"),
+            "{r}"
+        );
+        let dead = Fake {
+            live: Some("the sandbox runtime directory is missing"),
+            ready: Some("x"),
+        };
+        let r = ask(&dead, "GET /livez HTTP/1.1\r\n\r\n");
+        assert!(
+            r.starts_with("HTTP/1.1 503 ") && r.contains("runtime directory"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn methods_paths_and_head() {
+        let ok = Fake {
+            live: None,
+            ready: None,
+        };
+        let r = ask(&ok, "GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(
+            r.contains("Content-Type: text/plain; version=0.0.4") && r.ends_with("x 1\n"),
+            "{r}"
+        );
+        assert!(ask(&ok, "GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
+        assert!(ask(&ok, "POST /livez HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405 "));
+        // HEAD: the length of the body, without the body.
+        let r = ask(&ok, "HEAD /readyz HTTP/1.1\r\n\r\n");
+        assert!(
+            r.contains("Content-Length: 3\r\n") && r.ends_with("\r\n\r\n"),
+            "{r}"
+        );
+        // A request line that never ends (a flood of bytes) is answered, not waited on forever.
+        let r = ask(&ok, &"A".repeat(3000));
+        assert!(r.starts_with("HTTP/1.1 405 "), "{r}");
+    }
 }

@@ -1,4 +1,6 @@
-//! Observability: liveness, readiness and metrics over HTTP, and logging.
+//! Observability: liveness, readiness and metrics over HTTP (the server answers through
+//! [`health::HealthView`]), the counters, and logging.
 
 pub mod health;
 pub mod logging;
+pub mod metrics;

@@ -2,6 +2,7 @@
 //! authentication and forwarding decisions), the sandboxed per-connection
 //! worker that speaks SSH, the PROXY protocol reader and the host keys.
 
+pub mod health;
 pub mod hostkeys;
 pub mod monitor;
 pub mod proxy_protocol;

@@ -69,7 +69,7 @@ pub struct Shared {
     pub host: HostIdentity,
     pub log_filter: String,
     pub log_json: bool,
-    pub metrics: crate::obs::health::Metrics,
+    pub metrics: crate::obs::metrics::Metrics,
     /// EC2 and EC2 Instance Connect, for targets asked for by instance id.
     ec2: crate::keys::eic::Ec2Api,
     /// PROXY protocol headers being awaited (at most `max_startups`).
@@ -157,7 +157,7 @@ impl Shared {
             host,
             log_filter,
             log_json,
-            metrics: crate::obs::health::Metrics::default(),
+            metrics: crate::obs::metrics::Metrics::default(),
             ec2: crate::keys::eic::Ec2Api::new(ec2_timeout),
             proxy_headers: Arc::new(tokio::sync::Semaphore::new(max_startups)),
             exe: sandbox::WorkerExe::locate(),
@@ -302,12 +302,12 @@ async fn accept_loop(
             }
         };
         let peer = canonical(peer);
-        crate::obs::health::bump(&shared.metrics.connections);
+        crate::obs::metrics::bump(&shared.metrics.connections);
         if shared.config.proxy_protocol {
             // The header is read in its own task, so a slow sender cannot stall
             // accepting; at most max_startups headers are awaited at once.
             let Ok(permit) = shared.proxy_headers.clone().try_acquire_owned() else {
-                crate::obs::health::bump(&shared.metrics.dropped);
+                crate::obs::metrics::bump(&shared.metrics.dropped);
                 tracing::warn!(%peer, "connection dropped: too many PROXY headers pending");
                 continue;
             };
@@ -319,7 +319,7 @@ async fn accept_loop(
                 match client {
                     Ok(client) => start_session(&shared, socket, canonical(client), &phase, &done),
                     Err(e) => {
-                        crate::obs::health::bump(&shared.metrics.dropped);
+                        crate::obs::metrics::bump(&shared.metrics.dropped);
                         tracing::warn!(%peer, error = %e, "connection dropped: bad PROXY protocol header");
                     }
                 }
@@ -361,7 +361,7 @@ fn start_session(
             tokio::spawn(task.instrument(span));
         }
         Err(why) => {
-            crate::obs::health::bump(&shared.metrics.dropped);
+            crate::obs::metrics::bump(&shared.metrics.dropped);
             tracing::warn!(%peer, reason = why, "connection dropped by admission control");
             drop(socket);
         }
