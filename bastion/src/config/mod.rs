@@ -242,45 +242,11 @@ pub fn default_ciphers() -> Vec<String> {
     list.iter().map(|c| c.to_string()).collect()
 }
 
-/// One `[[auth]]` entry: a source of authorized keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthSource {
-    /// `type = "file"`: `authorized_keys` files. Exactly one of `dir` and `file` is set.
-    File {
-        /// `dir`: a directory holding one `authorized_keys` file per login, named after the login.
-        dir: Option<PathBuf>,
-        /// `file`: one `authorized_keys` file, used for the logins in `logins`.
-        file: Option<PathBuf>,
-        /// `logins`: the logins `file` applies to; `"*"` means any login. Empty with `dir`.
-        logins: Vec<String>,
-    },
-    /// `type = "command"`: a program compatible with OpenSSH's `AuthorizedKeysCommand`.
-    Command {
-        /// `command`: absolute program path followed by arguments, as written; the tokens
-        /// `%u %f %k %t %%` are expanded when the command runs.
-        command: String,
-        /// `run_as`: the user the command runs as (default `"nobody"`).
-        run_as: String,
-        /// `timeout`: how long the command may run (default 10s).
-        timeout: Duration,
-    },
-    /// `type = "iam"`: the SSH public keys IAM users upload (`aws iam upload-ssh-public-key`).
-    Iam(IamAuth),
-    /// `type = "eic"`: keys pushed to this instance with EC2 Instance Connect
-    /// (`aws ec2-instance-connect send-ssh-public-key`), read from the instance metadata
-    /// service and verified as AWS's own on-instance scripts do (stricter where they are lax).
-    Eic(EicAuth),
-}
-
-/// The settings of one `type = "eic"` key source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EicAuth {
-    /// `ca_bundle`: PEM trust anchors for the EC2 Instance Connect signer's chain
-    /// (default: the system bundle, the first of [`SYSTEM_CA_BUNDLES`] that exists).
-    pub ca_bundle: PathBuf,
-    /// `timeout`: the longest one lookup in the instance metadata service may take (default 5s).
-    pub timeout: Duration,
-}
+// The key sources' settings are declared beside their sources (keys/), which read them
+// without knowing this module; the reader below fills them.
+pub use crate::keys::eic::{EicAuth, EIC_TIMEOUT};
+pub use crate::keys::iam::{IamAuth, IAM_CACHE_TTL, IAM_NEGATIVE_TTL, IAM_STALE_TTL, IAM_TIMEOUT};
+pub use crate::keys::AuthSource;
 
 /// Where the system's CA bundle is looked for (Debian/Ubuntu, Amazon Linux/RHEL, SUSE, Alpine).
 pub const SYSTEM_CA_BUNDLES: &[&str] = &[
@@ -304,9 +270,6 @@ pub fn system_ca_bundle() -> Result<PathBuf, String> {
         })
 }
 
-/// Default `timeout` of the eic key source.
-pub const EIC_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The `[eic]` section: EC2 Instance Connect for onward connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Eic {
@@ -325,36 +288,6 @@ pub struct Eic {
 pub const EIC_OS_USERS: &[&str] = &["ec2-user"];
 /// Default `[eic] timeout`.
 pub const EIC_PUSH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The settings of one `type = "iam"` key source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IamAuth {
-    /// `groups`: IAM groups whose members may log in; empty means any IAM user (default `[]`).
-    pub groups: Vec<String>,
-    /// `assume_role_arn`: a role (usually in another account) assumed to read the users' keys.
-    pub assume_role_arn: Option<String>,
-    /// `cache_ttl`: how long a fresh answer is reused (default 60s, > 0).
-    pub cache_ttl: Duration,
-    /// `stale_ttl`: how long the last good answer is used while IAM is unreachable or
-    /// throttling (default 1h, at least `cache_ttl`).
-    pub stale_ttl: Duration,
-    /// `negative_ttl`: how long "no such IAM user" is remembered (default 10s, > 0).
-    pub negative_ttl: Duration,
-    /// `timeout`: the longest one user's lookup may take, retries included (default 10s, > 0).
-    pub timeout: Duration,
-    /// `cache_dir`: where answers are also kept on disk, so that a restart during an IAM
-    /// outage still has them (default: memory only).
-    pub cache_dir: Option<PathBuf>,
-}
-
-/// Defaults of the `iam` key source, shared with `bastion authorized-keys`.
-pub const IAM_CACHE_TTL: Duration = Duration::from_secs(60);
-/// Default `stale_ttl`.
-pub const IAM_STALE_TTL: Duration = Duration::from_secs(3600);
-/// Default `negative_ttl`.
-pub const IAM_NEGATIVE_TTL: Duration = Duration::from_secs(10);
-/// Default `timeout` of one IAM lookup.
-pub const IAM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One `[[allow]]` forwarding rule, not yet parsed (the policy module parses and reports it).
 #[derive(Debug, Clone, PartialEq, Eq)]

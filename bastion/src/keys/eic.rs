@@ -22,9 +22,21 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_config::imds::client::error::ImdsError;
 use aws_sdk_ec2instanceconnect::error::ProvideErrorMetadata;
 
-use crate::config::EicAuth;
 use crate::keys::authorized_keys::PublicKeyBlob;
 use crate::keys::eic_verify::{self, Anchors, RawRecord, VerifiedRecord};
+
+/// The settings of one `type = "eic"` key source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EicAuth {
+    /// `ca_bundle`: PEM trust anchors for the EC2 Instance Connect signer's chain
+    /// (default: the system bundle, the first of [`crate::config::SYSTEM_CA_BUNDLES`] that exists).
+    pub ca_bundle: std::path::PathBuf,
+    /// `timeout`: the longest one lookup in the instance metadata service may take (default 5s).
+    pub timeout: Duration,
+}
+
+/// Default `timeout` of the eic key source.
+pub const EIC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// EC2 Instance Connect's `InstanceOSUser` rule: 1–32 characters,
 /// `^[A-Za-z_][A-Za-z0-9@._-]{0,30}[A-Za-z0-9$_-]?$`, or a name of 2–32

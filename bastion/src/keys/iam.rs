@@ -30,7 +30,35 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, Semaphore};
 
-use crate::config::IamAuth;
+/// The settings of one `type = "iam"` key source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IamAuth {
+    /// `groups`: IAM groups whose members may log in; empty means any IAM user (default `[]`).
+    pub groups: Vec<String>,
+    /// `assume_role_arn`: a role (usually in another account) assumed to read the users' keys.
+    pub assume_role_arn: Option<String>,
+    /// `cache_ttl`: how long a fresh answer is reused (default 60s, > 0).
+    pub cache_ttl: Duration,
+    /// `stale_ttl`: how long the last good answer is used while IAM is unreachable or
+    /// throttling (default 1h, at least `cache_ttl`).
+    pub stale_ttl: Duration,
+    /// `negative_ttl`: how long "no such IAM user" is remembered (default 10s, > 0).
+    pub negative_ttl: Duration,
+    /// `timeout`: the longest one user's lookup may take, retries included (default 10s, > 0).
+    pub timeout: Duration,
+    /// `cache_dir`: where answers are also kept on disk, so that a restart during an IAM
+    /// outage still has them (default: memory only).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Defaults of the `iam` key source, shared with `bastion authorized-keys`.
+pub const IAM_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Default `stale_ttl`.
+pub const IAM_STALE_TTL: Duration = Duration::from_secs(3600);
+/// Default `negative_ttl`.
+pub const IAM_NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// Default `timeout` of one IAM lookup.
+pub const IAM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every IAM action the key source calls; `docs/iam/key-reader-policy.json`
 /// grants exactly these (a unit test holds the two together).

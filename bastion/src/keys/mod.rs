@@ -20,10 +20,39 @@ use serde_json::Value;
 
 use tokio::io::AsyncReadExt;
 
-use crate::config::AuthSource;
 use crate::keys::authorized_keys::{parse_authorized_keys, KeyOptions, PublicKeyBlob};
-use crate::keys::eic::EicSource;
-use crate::keys::iam::{Freshness, IamSource, Record, SdkIam};
+use crate::keys::eic::{EicAuth, EicSource};
+use crate::keys::iam::{Freshness, IamAuth, IamSource, Record, SdkIam};
+
+/// One `[[auth]]` entry: a source of authorized keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthSource {
+    /// `type = "file"`: `authorized_keys` files. Exactly one of `dir` and `file` is set.
+    File {
+        /// `dir`: a directory holding one `authorized_keys` file per login, named after the login.
+        dir: Option<PathBuf>,
+        /// `file`: one `authorized_keys` file, used for the logins in `logins`.
+        file: Option<PathBuf>,
+        /// `logins`: the logins `file` applies to; `"*"` means any login. Empty with `dir`.
+        logins: Vec<String>,
+    },
+    /// `type = "command"`: a program compatible with OpenSSH's `AuthorizedKeysCommand`.
+    Command {
+        /// `command`: absolute program path followed by arguments, as written; the tokens
+        /// `%u %f %k %t %%` are expanded when the command runs.
+        command: String,
+        /// `run_as`: the user the command runs as (default `"nobody"`).
+        run_as: String,
+        /// `timeout`: how long the command may run (default 10s).
+        timeout: Duration,
+    },
+    /// `type = "iam"`: the SSH public keys IAM users upload (`aws iam upload-ssh-public-key`).
+    Iam(IamAuth),
+    /// `type = "eic"`: keys pushed to this instance with EC2 Instance Connect
+    /// (`aws ec2-instance-connect send-ssh-public-key`), read from the instance metadata
+    /// service and verified as AWS's own on-instance scripts do (stricter where they are lax).
+    Eic(EicAuth),
+}
 
 /// Output of an AuthorizedKeysCommand beyond this is an error, not a key list.
 const MAX_COMMAND_OUTPUT: usize = 1024 * 1024;
