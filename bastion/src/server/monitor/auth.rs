@@ -1,0 +1,137 @@
+//! "May this proven key log in as this login?": the key sources asked, the verdict audited.
+
+use super::*;
+
+/// Decides one publickey attempt (the worker has verified the signature).
+pub(super) async fn authenticate(
+    ctx: &SessionCtx,
+    login: &str,
+    key_line: &str,
+    pid: i32,
+) -> AuthVerdict {
+    let shared = &ctx.shared;
+    if ctx.identity.get().is_some() {
+        return AuthVerdict::Reject;
+    }
+    let key = match PublicKeyBlob::from_openssh(key_line) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "worker sent an unparsable key");
+            return AuthVerdict::Reject;
+        }
+    };
+    let fp = key.fingerprint();
+    let base = |trail: &str| {
+        Event::new("auth", &ctx.sid, trail)
+            .with("login", login)
+            .with("key_fp", fp.clone())
+            .with("key_type", key.algo.clone())
+            .with("remote_addr", ctx.peer.to_string())
+            .with_opt("local_addr", ctx.local.map(|a| a.to_string()))
+    };
+    let (lookup, trail) = match validate_login(login) {
+        Err(why) => (
+            Lookup::Denied {
+                reason: format!("login name is not valid: {why}"),
+                principal: None,
+                audit: Vec::new(),
+                source: None,
+                kind: "invalid_login",
+            },
+            trail_name(None),
+        ),
+        Ok(()) => {
+            let lookup = shared.sources.authorize(login, &key, ctx.peer.ip()).await;
+            // One trail per principal: an IAM user's logins in any spelling
+            // (`alice.at.example.com`, `alice@example.com`) land in one file.
+            let trail = match &lookup {
+                Lookup::Denied { principal, .. } => trail_name(principal.as_deref()),
+                Lookup::Authorized(who) => trail_name(Some(&who.user)),
+            };
+            (lookup, trail)
+        }
+    };
+    match lookup {
+        Lookup::Denied {
+            reason,
+            audit,
+            source,
+            kind,
+            ..
+        } => {
+            shared.metrics.auth(source.unwrap_or("none"), "refused");
+            shared.metrics.refusal(source.unwrap_or("none"), kind);
+            tracing::info!(login, key_fp = %fp, reason = %reason, "authentication refused");
+            let mut ev = base(&trail).with("success", false).with("reason", reason);
+            for (k, v) in audit {
+                ev = ev.with(k, v);
+            }
+            match shared.audit.write(ev, false).await {
+                Ok(()) => AuthVerdict::Reject,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit trail unwritable; refusing");
+                    AuthVerdict::Disconnect {
+                        message: AUDIT_DOWN.into(),
+                    }
+                }
+            }
+        }
+        Lookup::Authorized(who) => {
+            shared.metrics.auth(&who.source, "accepted");
+            let mut ev = base(&trail)
+                .with("success", true)
+                .with("user", who.user.clone())
+                .with("source", who.source.clone())
+                .with("port_forwarding", who.options.port_forwarding)
+                .with_opt(
+                    "permitopen",
+                    (!who.options.permitopen.is_empty()).then(|| {
+                        who.options
+                            .permitopen
+                            .iter()
+                            .map(|p| {
+                                format!(
+                                    "{}:{}",
+                                    p.host,
+                                    p.port.map_or("*".to_string(), |p| p.to_string())
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                    }),
+                );
+            for (k, v) in &who.audit {
+                ev = ev.with(k, v.clone());
+            }
+            if let Err(e) = shared.audit.write(ev, true).await {
+                tracing::error!(error = %e, "audit trail unwritable; refusing");
+                return AuthVerdict::Disconnect {
+                    message: AUDIT_DOWN.into(),
+                };
+            }
+            let _ = ctx.identity.set(Identity {
+                login: login.to_string(),
+                user: who.user.clone(),
+                key_fp: fp.clone(),
+                key: key.clone(),
+                options: who.options,
+                groups: who.groups,
+            });
+            let observed = sandbox::observe(pid, shared.config.sandbox.enabled);
+            let sandbox_json = serde_json::to_value(&observed).unwrap_or_default();
+            let ev = ctx
+                .event("session.start")
+                .with("source", who.source)
+                .with_opt("local_addr", ctx.local.map(|a| a.to_string()))
+                .with("worker_pid", pid)
+                .with("sandbox", sandbox_json);
+            if let Err(e) = shared.audit.write(ev, true).await {
+                tracing::error!(error = %e, "audit trail unwritable; refusing");
+                return AuthVerdict::Disconnect {
+                    message: AUDIT_DOWN.into(),
+                };
+            }
+            tracing::info!(login, key_fp = %fp, "authenticated");
+            AuthVerdict::Accept
+        }
+    }
+}
