@@ -13,6 +13,7 @@ pub mod audit;
 pub mod awsutil;
 pub mod cli;
 pub mod config;
+pub mod fsutil;
 pub mod ipc;
 pub mod keys;
 pub mod obs;

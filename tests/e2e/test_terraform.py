@@ -780,7 +780,9 @@ def test_boot_without_docker_says_so(tmp_path):
     assert "this AMI has no Docker" in b.result.stderr, str(b)
 
 
-def test_drain_watcher_stops_the_bastion_then_completes_the_hook(tmp_path):
+def booted_watcher(tmp_path):
+    """A boot of the "binary over https" case: the Boot, the drain watcher it installed, and
+    the environment its unit gives it; the call log starts empty."""
     binary = real_binary()
     cfg, ud = RENDER_CASES["binary over https"]
     script, _ = render(tmp_path, cfg, {**ud, "binary_sha256": sha256(binary), "worker_binary_sha256": sha256(binary)})
@@ -792,6 +794,11 @@ def test_drain_watcher_stops_the_bastion_then_completes_the_hook(tmp_path):
     assert "EnvironmentFile=/etc/bastion/drain-watcher.env" in unit
     env = dict(line.split("=", 1) for line in b.file("/etc/bastion/drain-watcher.env").read_text().splitlines())
     b.log.write_text("")
+    return b, watcher, env
+
+
+def test_drain_watcher_stops_the_bastion_then_completes_the_hook(tmp_path):
+    b, watcher, env = booted_watcher(tmp_path)
     # In service for one poll, then Terminated.
     r = run([str(watcher)], env={**b.env, **env, "STUB_TERMINATED_AFTER": "2"}, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -810,14 +817,7 @@ def test_drain_watcher_stops_the_bastion_then_completes_the_hook(tmp_path):
 
 def test_drain_watcher_reports_a_dead_bastion_once_and_never_a_busy_one(tmp_path):
     """Liveness goes to the Auto Scaling group (it replaces the instance); readiness never does."""
-    binary = real_binary()
-    cfg, ud = RENDER_CASES["binary over https"]
-    script, _ = render(tmp_path, cfg, {**ud, "binary_sha256": sha256(binary), "worker_binary_sha256": sha256(binary)})
-    b = Boot(tmp_path, script, binary)
-    assert b.result.returncode == 0, str(b)
-    watcher = b.file("/usr/local/libexec/bastion-drain-watcher")
-    env = dict(line.split("=", 1) for line in b.file("/etc/bastion/drain-watcher.env").read_text().splitlines())
-    b.log.write_text("")
+    b, watcher, env = booted_watcher(tmp_path)
     # /livez fails at every poll; Terminated after 10 polls.
     r = run([str(watcher)], env={**b.env, **env, "STUB_TERMINATED_AFTER": "10", "STUB_LIVEZ_FAIL": "1",
                                  "POLL_SECONDS": "0.1"}, timeout=60)

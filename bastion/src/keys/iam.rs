@@ -776,25 +776,10 @@ fn read_cache_file(path: &Path) -> Result<Option<Cached>, String> {
 }
 
 fn write_cache_file(path: &Path, stored: &StoredAnswer) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let text = serde_json::to_vec(stored).map_err(|e| e.to_string())?;
+    // The tmp name carries the pid: several sshd-run `authorized-keys` share the directory.
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("{}: {e}", path.display())
-    })
+    crate::fsutil::replace_file(path, &tmp, &text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 // ---------------------------------------------------------------------------

@@ -24,8 +24,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -357,16 +357,11 @@ impl Spool {
         if self.cursors.get(trail) == Some(&durable) {
             return Ok(());
         }
-        let tmp = self.state.join(format!(".{trail}.tmp"));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        writeln!(f, "{durable}")?;
-        f.sync_data()?;
-        fs::rename(&tmp, self.state.join(trail))?;
+        crate::fsutil::replace_file(
+            &self.state.join(trail),
+            &self.state.join(format!(".{trail}.tmp")),
+            format!("{durable}\n").as_bytes(),
+        )?;
         self.cursors.insert(trail.to_string(), durable);
         Ok(())
     }

@@ -126,16 +126,11 @@ impl S3 {
                 .recursive(true)
                 .mode(0o700)
                 .create(&self.marks_dir)?;
-            let tmp = self.marks_dir.join(format!(".{trail}.tmp"));
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&serde_json::to_vec(marks).unwrap_or_default())?;
-            f.sync_data()?;
-            fs::rename(&tmp, self.marks_dir.join(trail))
+            crate::fsutil::replace_file(
+                &self.marks_dir.join(trail),
+                &self.marks_dir.join(format!(".{trail}.tmp")),
+                &serde_json::to_vec(marks).unwrap_or_default(),
+            )
         };
         write().map_err(|e| {
             format!(
