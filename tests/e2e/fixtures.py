@@ -175,6 +175,14 @@ def deep_merge(base: dict, over: dict) -> dict:
 # the bastion
 
 
+def by_session(lines: list[str]) -> dict[str, list[str]]:
+    """Audit trail lines (JSON text) grouped by their session id, in order."""
+    out: dict[str, list[str]] = {}
+    for line in lines:
+        out.setdefault(json.loads(line)["sid"], []).append(line)
+    return out
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Parses a JSON-lines file; a last line still being written (no newline yet) is left out."""
     try:

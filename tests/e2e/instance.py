@@ -23,7 +23,6 @@ whatever happened; the namespace goes with the container.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import re
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import aws
 from aws import FaultProxy, LocalHTTPServer, MotoServer, serve_in_background, stop_serving
+from fixtures import sha256_file
 from harness import Processes, keygen
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -492,14 +492,6 @@ class InstanceProxy(FaultProxy):
 # the instance
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Target:
     """A real OpenSSH sshd (the host's /usr/sbin/sshd) in the instance's network namespace on
     127.0.0.1:<port>, letting `authorized` in as root."""
@@ -721,7 +713,7 @@ class Instance:
             self.proxy = InstanceProxy(self.moto.url, self._direct, self.imds, self.ns,
                                        log_path=self.tmp / "moto" / "proxy.log")
         assert self.proxy.port == MOTO_PORT
-        return {"instance_id": instance_id, "bastion_sha256": sha256(bastion), "worker_sha256": sha256(worker)}
+        return {"instance_id": instance_id, "bastion_sha256": sha256_file(bastion), "worker_sha256": sha256_file(worker)}
 
     def host_key_in_ssm(self) -> str | None:
         """The private key text the parameter holds, or None when there is no such parameter."""

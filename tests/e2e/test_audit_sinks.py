@@ -16,6 +16,7 @@ import urllib.request
 import boto3
 
 from aws import REGION, aws_env
+from fixtures import by_session
 from harness import BASTION, free_port
 
 GROUP = "/bastion/audit"
@@ -86,13 +87,6 @@ class Sinks:
 def local(bastion, user):
     p = bastion.audit_dir / f"{user}.jsonl"
     return p.read_text().splitlines() if p.exists() else []
-
-
-def by_session(lines):
-    out = {}
-    for line in lines:
-        out.setdefault(json.loads(line)["sid"], []).append(line)
-    return out
 
 
 def wait_until(pred, timeout=30, what="condition"):

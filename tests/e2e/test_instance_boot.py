@@ -43,6 +43,7 @@ from types import SimpleNamespace
 import pytest
 
 from aws import rsa_key
+from fixtures import by_session
 from harness import BASTION, keygen
 from instance import AUDIT_KEY_RE, MOTO_PORT, Instance, Target, build_image, public_of, wait_for
 
@@ -464,13 +465,6 @@ def s3_sessions(objects: dict[str, bytes], user: str) -> tuple[dict[str, list[st
             stray.append(f"{key} (does not end with a complete line)")
         sessions[m["sid"]] += body.splitlines()
     return dict(sessions), stray
-
-
-def by_session(lines: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = defaultdict(list)
-    for line in lines:
-        out[json.loads(line)["sid"]].append(line)
-    return dict(out)
 
 
 def drained(b: Booted, timeout: float) -> dict:
