@@ -24,6 +24,7 @@
 //! Writes fail closed: a failed write returns an error, turns
 //! [`AuditLog::healthy`] false and does not advance the hash chain.
 
+pub mod event;
 pub mod read;
 pub mod sinks;
 #[cfg(test)]
@@ -31,6 +32,7 @@ mod tests;
 mod verify;
 mod writer;
 
+pub use event::{AuditEvent, KeyDetail, Record, Stamp, Who};
 pub use verify::{verify, verify_lines, VerifyError, VerifySummary};
 use writer::*;
 
@@ -44,7 +46,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// The `prev` value of the first event (`seq` 0) of a session: 64 zeros.
@@ -70,9 +72,6 @@ const FILE_MODE: u32 = 0o640;
 
 /// Mode of a created audit directory (before the umask).
 const DIR_MODE: u32 = 0o750;
-
-/// Keys the writer sets on every event; caller fields with these names are dropped.
-const RESERVED_KEYS: [&str; 5] = ["ts", "event", "sid", "seq", "prev"];
 
 /// Errors of [`AuditLog`].
 #[derive(Debug, thiserror::Error)]
@@ -120,44 +119,26 @@ pub enum AuditError {
     },
 }
 
-/// One audit event, built by the caller and handed to [`AuditLog::write`].
+/// One audit event on its way to the writer: the event, its session and its trail.
 #[derive(Debug, Clone)]
 pub struct Event {
-    /// Event name (`event` key), e.g. "auth", "session_end".
-    pub name: &'static str,
     /// Session id (`sid` key).
     pub sid: String,
     /// Trail (file) the event goes to, normally from [`trail_name`]. A trail that
     /// is not a valid trail name is written to [`UNKNOWN_TRAIL`] instead, with the
     /// rejected value in an `invalid_trail` field.
     pub trail: String,
-    /// The caller's fields. Fields named `ts`, `event`, `sid`, `seq` or `prev`
-    /// are dropped (with a warning): those keys belong to the writer.
-    pub fields: Map<String, Value>,
+    /// The event itself.
+    pub body: AuditEvent,
 }
 
 impl Event {
-    /// A new event with no fields.
-    pub fn new(name: &'static str, sid: &str, trail: &str) -> Event {
+    /// `body` for session `sid`, to go to `trail`.
+    pub fn new(sid: &str, trail: &str, body: AuditEvent) -> Event {
         Event {
-            name,
             sid: sid.to_owned(),
             trail: trail.to_owned(),
-            fields: Map::new(),
-        }
-    }
-
-    /// Sets field `key` to `value` (replacing an earlier value of that key).
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Event {
-        self.fields.insert(key.to_owned(), value.into());
-        self
-    }
-
-    /// Sets field `key` to `value` if it is `Some`; leaves the event unchanged if `None`.
-    pub fn with_opt<V: Into<Value>>(self, key: &str, value: Option<V>) -> Event {
-        match value {
-            Some(v) => self.with(key, v),
-            None => self,
+            body,
         }
     }
 }
@@ -349,23 +330,9 @@ impl AuditLog {
     /// written; only the result is lost.
     pub async fn write(&self, event: Event, durable: bool) -> Result<(), AuditError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (name, sid) = (event.name, event.sid.clone());
-        if self
-            .inner
-            .tx
-            .send(Request::Write {
-                event,
-                durable,
-                reply: Reply::Async(tx),
-            })
-            .is_err()
-        {
-            return Err(self.writer_gone(name, sid));
-        }
-        match rx.await {
-            Ok(result) => result,
-            Err(_) => Err(self.writer_gone(name, sid)),
-        }
+        let (name, sid) = self.enqueue(event, durable, Reply::Async(tx))?;
+        rx.await
+            .unwrap_or_else(|_| Err(self.writer_gone(name, sid)))
     }
 
     /// Blocking variant of [`AuditLog::write`] for non-async callers. It does not
@@ -373,21 +340,26 @@ impl AuditLog {
     /// is written, so prefer [`AuditLog::write`] there.
     pub fn write_blocking(&self, event: Event, durable: bool) -> Result<(), AuditError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        let (name, sid) = (event.name, event.sid.clone());
-        if self
-            .inner
-            .tx
-            .send(Request::Write {
-                event,
-                durable,
-                reply: Reply::Blocking(tx),
-            })
-            .is_err()
-        {
-            return Err(self.writer_gone(name, sid));
-        }
-        match rx.recv() {
-            Ok(result) => result,
+        let (name, sid) = self.enqueue(event, durable, Reply::Blocking(tx))?;
+        rx.recv()
+            .unwrap_or_else(|_| Err(self.writer_gone(name, sid)))
+    }
+
+    /// Hands `event` to the writer thread; returns its name and session for a later
+    /// "writer gone" error.
+    fn enqueue(
+        &self,
+        event: Event,
+        durable: bool,
+        reply: Reply,
+    ) -> Result<(&'static str, String), AuditError> {
+        let (name, sid) = (event.body.name(), event.sid.clone());
+        match self.inner.tx.send(Request::Write {
+            event,
+            durable,
+            reply,
+        }) {
+            Ok(()) => Ok((name, sid)),
             Err(_) => Err(self.writer_gone(name, sid)),
         }
     }
@@ -423,10 +395,11 @@ impl AuditLog {
 
     /// Starts the remote sinks configured in `cfg`, fed from this log's directory
     /// (see [`crate::audit::sinks`]). Call once, before the handle is cloned.
-    pub fn start_shipping(&mut self, cfg: &crate::config::Audit) -> Result<(), String> {
-        let shipping = crate::audit::sinks::Shipping::start(cfg, &self.inner.dir)?;
-        let inner = Arc::get_mut(&mut self.inner)
-            .ok_or("start_shipping: the audit log is already shared")?;
+    pub fn start_shipping(&mut self, cfg: &crate::config::Audit) -> Result<(), sinks::SinkError> {
+        let shipping = sinks::Shipping::start(cfg, &self.inner.dir)?;
+        let inner = Arc::get_mut(&mut self.inner).ok_or_else(|| {
+            sinks::SinkError::Invalid("start_shipping: the audit log is already shared".into())
+        })?;
         inner.shipping = shipping;
         Ok(())
     }

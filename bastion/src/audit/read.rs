@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Map, Value};
 
-use crate::audit::{VerifyError, VerifySummary};
+use crate::audit::{AuditEvent, Record, Stamp, VerifyError, VerifySummary};
 
 /// Where a trail is read from.
 #[derive(Debug, Clone)]
@@ -166,15 +166,13 @@ fn read_cloudwatch(
 
 /// (sid, seq) of an event line, or the whole line for anything else.
 fn identity(line: &str) -> String {
-    match serde_json::from_str::<Value>(line) {
-        Ok(v) => match (
-            v.get("sid").and_then(Value::as_str),
-            v.get("seq").and_then(Value::as_u64),
-        ) {
-            (Some(sid), Some(seq)) => format!("{sid}/{seq}"),
-            _ => line.to_string(),
-        },
-        Err(_) => line.to_string(),
+    match Stamp::of(line) {
+        Some(Stamp {
+            sid,
+            seq: Some(seq),
+            ..
+        }) if !sid.is_empty() => format!("{sid}/{seq}"),
+        _ => line.to_string(),
     }
 }
 
@@ -225,11 +223,10 @@ fn read_s3(
         // A chunk sent again after a crash may repeat events: each sequence number once.
         let mut next_seq = 0u64;
         for key in &session.keys {
-            let text = crate::audit::sinks::get_object_text(rt, &client, bucket, key)?;
+            let text = crate::audit::sinks::get_object_text(rt, &client, bucket, key)
+                .map_err(|e| e.to_string())?;
             for line in text.lines() {
-                let seq = serde_json::from_str::<Value>(line)
-                    .ok()
-                    .and_then(|v| v.get("seq").and_then(Value::as_u64));
+                let seq = Stamp::of(line).and_then(|s| s.seq);
                 match seq {
                     Some(n) if n < next_seq && !lines.is_empty() => continue,
                     Some(n) => next_seq = n + 1,
@@ -351,56 +348,51 @@ pub fn sessions(trails: &[Trail], since: Option<SystemTime>) -> Vec<Session> {
     let mut by_id: BTreeMap<(String, String), Session> = BTreeMap::new();
     for t in trails {
         for line in &t.lines {
-            let Ok(Value::Object(ev)) = serde_json::from_str::<Value>(line) else {
+            let Some(Record { stamp, event }) = Record::parse(line) else {
                 continue;
             };
-            let s_ = |k: &str| ev.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-            let sid = s_("sid");
             let s = by_id
-                .entry((t.user.clone(), sid.clone()))
+                .entry((t.user.clone(), stamp.sid.clone()))
                 .or_insert_with(|| Session {
-                    sid,
+                    sid: stamp.sid.clone(),
                     user: t.user.clone(),
                     outcome: "open".into(),
                     ..Default::default()
                 });
             if s.start.is_empty() {
-                s.start = s_("ts");
+                s.start = stamp.ts.clone();
                 s.start_time = humantime::parse_rfc3339(&s.start).ok();
             }
-            if s.login.is_empty() {
-                s.login = s_("login");
-            }
-            if s.from.is_empty() {
-                s.from = s_("remote_addr");
-            }
-            match s_("event").as_str() {
-                "auth" if ev.get("success") == Some(&Value::Bool(false)) && s.outcome == "open" => {
-                    s.outcome = format!("login refused: {}", s_("reason"));
+            if let Some(who) = event.who() {
+                if s.login.is_empty() {
+                    s.login = who.login.clone().unwrap_or_default();
                 }
-                "session.start" => s.outcome = "open".into(),
-                "port" => {
-                    let target = s_("target");
-                    if ev.get("allowed") == Some(&Value::Bool(true)) {
-                        if !s.targets.contains(&target) {
-                            s.targets.push(target);
-                        }
-                    } else {
-                        s.refused.push(format!("{target} ({})", s_("reason")));
+                if s.from.is_empty() {
+                    s.from = who.remote_addr.clone();
+                }
+            }
+            match event {
+                AuditEvent::Auth(a) if !a.success && s.outcome == "open" => {
+                    s.outcome = format!("login refused: {}", a.reason.unwrap_or_default());
+                }
+                AuditEvent::SessionStart(_) => s.outcome = "open".into(),
+                AuditEvent::Port(p) if p.allowed => {
+                    if !s.targets.contains(&p.target) {
+                        s.targets.push(p.target);
                     }
                 }
-                "port.end" => {
-                    s.bytes_in += ev.get("bytes_in").and_then(Value::as_u64).unwrap_or(0);
-                    s.bytes_out += ev.get("bytes_out").and_then(Value::as_u64).unwrap_or(0);
+                AuditEvent::Port(p) => s.refused.push(format!("{} ({})", p.target, p.reason)),
+                AuditEvent::PortEnd(p) => {
+                    s.bytes_in += p.bytes_in.unwrap_or(0);
+                    s.bytes_out += p.bytes_out.unwrap_or(0);
                 }
-                "session.end" => {
-                    s.duration_ms = ev.get("duration_ms").and_then(Value::as_u64);
-                    let reason = s_("reason");
+                AuditEvent::SessionEnd(e) => {
+                    s.duration_ms = Some(e.duration_ms);
                     if !s.outcome.starts_with("login refused") {
-                        s.outcome = if reason.is_empty() {
+                        s.outcome = if e.reason.is_empty() {
                             "ended".into()
                         } else {
-                            reason
+                            e.reason
                         };
                     }
                 }

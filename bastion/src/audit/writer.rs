@@ -92,12 +92,20 @@ impl Writer {
     }
 
     pub(super) fn write(&mut self, event: Event, durable: bool) -> Result<(), AuditError> {
-        let Event {
-            name,
-            sid,
-            trail,
-            mut fields,
-        } = event;
+        let Event { sid, trail, body } = event;
+        let name = body.name();
+        let fields = serde_json::to_value(&body).and_then(|v| match v {
+            Value::Object(fields) => Ok(fields),
+            _ => Err(serde::ser::Error::custom(
+                "an audit event must be a JSON object",
+            )),
+        });
+        let serialize_error = |source| AuditError::Serialize {
+            event: name,
+            sid: sid.clone(),
+            source,
+        };
+        let mut fields = fields.map_err(serialize_error)?;
         let trail = if is_valid_trail(&trail) {
             trail
         } else {
@@ -105,28 +113,16 @@ impl Writer {
             fields.insert("invalid_trail".to_owned(), Value::String(trail));
             UNKNOWN_TRAIL.to_owned()
         };
-        for key in RESERVED_KEYS {
-            if fields.remove(key).is_some() {
-                tracing::warn!(event = name, sid = %sid, field = key, "audit event field dropped: the name is reserved");
-            }
-        }
 
         let (seq, prev) = match self.chains.get(&sid).and_then(|trails| trails.get(&trail)) {
             Some(chain) => (chain.next_seq, chain.prev.clone()),
             None => (0, GENESIS_PREV.to_owned()),
         };
         fields.insert("ts".to_owned(), Value::String(timestamp(SystemTime::now())));
-        fields.insert("event".to_owned(), Value::String(name.to_owned()));
         fields.insert("sid".to_owned(), Value::String(sid.clone()));
         fields.insert("seq".to_owned(), Value::from(seq));
         fields.insert("prev".to_owned(), Value::String(prev));
-        let line = serde_json::to_string(&Value::Object(fields)).map_err(|source| {
-            AuditError::Serialize {
-                event: name,
-                sid: sid.clone(),
-                source,
-            }
-        })?;
+        let line = serde_json::to_string(&Value::Object(fields)).map_err(serialize_error)?;
 
         self.append(&trail, &line, durable)?;
 

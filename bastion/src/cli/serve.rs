@@ -2,6 +2,7 @@
 //! the monitor, the health endpoint and the signals composed; the audit spool shipped at exit.
 
 use super::*;
+use crate::server::lifecycle;
 
 /// Everything derived from the configuration that can fail, checked before anything binds.
 pub(super) struct Prepared {
@@ -362,7 +363,10 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         let listeners = match monitor::bind(&shared.config.listen).await {
             Ok(l) => l,
             Err(e) => {
-                print_error(&e.to_string(), Some("is another process using the port? change `listen` or use --listen"));
+                print_error(
+                    &e.to_string(),
+                    Some("is another process using the port? change `listen` or use --listen"),
+                );
                 return ExitCode::from(1);
             }
         };
@@ -371,7 +375,10 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
             Some(addr) => match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    print_error(&format!("cannot listen on {addr} (health_listen): {e}"), Some("change health_listen"));
+                    print_error(
+                        &format!("cannot listen on {addr} (health_listen): {e}"),
+                        Some("change health_listen"),
+                    );
                     return ExitCode::from(1);
                 }
             },
@@ -379,62 +386,38 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         announce(&shared, &fingerprints, &sources_desc, dev.as_ref());
         let (phase_tx, phase_rx) = tokio::sync::watch::channel(Phase::Running);
         if let Some(l) = health {
-            let view = Arc::new(crate::server::health::Health::new(shared.clone(), phase_rx.clone()));
+            let view = Arc::new(crate::server::health::Health::new(
+                shared.clone(),
+                phase_rx.clone(),
+            ));
             tokio::spawn(crate::obs::health::serve(l, view));
         }
-        let grace = shared.config.limits.shutdown_grace;
-        let delay = shared.config.limits.drain_delay;
-        let mut server = tokio::spawn(monitor::run(shared.clone(), listeners, phase_rx));
-        // SIGINT means now: no wait for the audit sinks either.
-        let interrupted = std::sync::atomic::AtomicBool::new(false);
-        let signals = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {
-                    if !delay.is_zero() {
-                        tracing::info!(delay = %humantime::format_duration(delay), "SIGTERM: /healthz now answers 503; still accepting connections until the load balancer has taken this instance out");
-                        let _ = phase_tx.send(Phase::Leaving);
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = int.recv() => {
-                                interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
-                                tracing::info!("SIGINT: closing every session now");
-                                let _ = phase_tx.send(Phase::Closing);
-                                return std::future::pending::<()>().await;
-                            }
-                        }
-                    }
-                    tracing::info!(grace = %humantime::format_duration(grace), "SIGTERM: draining; live sessions may run until the grace period ends");
-                    let _ = phase_tx.send(Phase::Draining);
-                    tokio::select! {
-                        _ = tokio::time::sleep(grace) => tracing::info!("grace period over; closing the remaining sessions"),
-                        _ = int.recv() => {
-                            interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
-                            tracing::info!("SIGINT: closing the remaining sessions now");
-                        }
-                        _ = phase_tx.closed() => {}
-                    }
-                }
-                _ = int.recv() => {
-                    interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!("SIGINT: closing every session now");
-                }
+        let mut signals = match lifecycle::os_signals() {
+            Ok(s) => s,
+            Err(e) => {
+                print_error(
+                    &format!("cannot install the SIGTERM/SIGINT handlers: {e}"),
+                    None,
+                );
+                return ExitCode::from(1);
             }
-            let _ = phase_tx.send(Phase::Closing);
-            std::future::pending::<()>().await
         };
+        let timing = lifecycle::Timing {
+            drain_delay: shared.config.limits.drain_delay,
+            grace: shared.config.limits.shutdown_grace,
+        };
+        let mut lifecycle = lifecycle::Lifecycle::new(phase_tx, timing);
+        let mut server = tokio::spawn(monitor::run(shared.clone(), listeners, phase_rx));
         let finished = tokio::select! {
             _ = &mut server => true,
-            _ = signals => false,
+            () = lifecycle.run(&mut signals) => false,
         };
         if !finished {
             // The sessions got their Closing notice; give them a moment to say goodbye.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(6), &mut server).await;
         }
-        if !interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+        // SIGINT means now: no wait for the audit sinks either.
+        if !lifecycle.interrupted() {
             tokio::task::block_in_place(|| ship_before_exit(&shared));
         }
         tracing::info!("bastion stopped");

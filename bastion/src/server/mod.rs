@@ -4,6 +4,7 @@
 
 pub mod health;
 pub mod hostkeys;
+pub mod lifecycle;
 pub mod monitor;
 pub mod proxy_protocol;
 pub mod worker;

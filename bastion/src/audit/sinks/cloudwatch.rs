@@ -41,7 +41,7 @@ impl CloudWatch {
     }
 
     /// Creates the stream if needed and reads what its tail already holds.
-    fn prepare(&mut self, rt: &tokio::runtime::Runtime, stream: &str) -> Result<(), String> {
+    fn prepare(&mut self, rt: &tokio::runtime::Runtime, stream: &str) -> Result<(), SinkError> {
         if self.streams.contains_key(stream) {
             return Ok(());
         }
@@ -61,10 +61,10 @@ impl CloudWatch {
                 .as_service_error()
                 .is_some_and(|s| s.is_resource_already_exists_exception());
             if !exists {
-                return Err(format!(
-                    "CreateLogStream {group}/{stream}: {}",
-                    crate::awsutil::error_text(&e)
-                ));
+                return Err(SinkError::aws(
+                    "CreateLogStream",
+                    format!("{group}/{stream}"),
+                )(e));
             }
         }
         let tail = rt
@@ -77,12 +77,7 @@ impl CloudWatch {
                     .limit(CW_DEDUP_TAIL)
                     .send(),
             )
-            .map_err(|e| {
-                format!(
-                    "GetLogEvents {group}/{stream}: {}",
-                    crate::awsutil::error_text(&e)
-                )
-            })?;
+            .map_err(SinkError::aws("GetLogEvents", format!("{group}/{stream}")))?;
         let held = tail
             .events()
             .iter()
@@ -108,7 +103,7 @@ impl Sink for CloudWatch {
         trail: &str,
         lines: &[Line],
         _at_start: u64,
-    ) -> Result<Shipped, String> {
+    ) -> Result<Shipped, SinkError> {
         self.prepare(rt, trail)?;
         if let Some(t) = self.last_put.get(trail) {
             if let Some(wait) = CW_STREAM_INTERVAL.checked_sub(t.elapsed()) {
@@ -149,7 +144,7 @@ impl Sink for CloudWatch {
                     .timestamp(ts)
                     .message(line.text.clone())
                     .build()
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| SinkError::Invalid(e.to_string()))?,
             );
             bytes += size;
             last_ts = ts;
@@ -170,7 +165,10 @@ impl Sink for CloudWatch {
             });
         }
         let n = events.len() as u64;
-        let client = self.client.as_ref().ok_or("no client")?;
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| SinkError::Invalid("no CloudWatch Logs client".into()))?;
         let out = rt
             .block_on(
                 client
@@ -180,13 +178,10 @@ impl Sink for CloudWatch {
                     .set_log_events(Some(events))
                     .send(),
             )
-            .map_err(|e| {
-                format!(
-                    "PutLogEvents {}/{trail}: {}",
-                    self.group,
-                    crate::awsutil::error_text(&e)
-                )
-            });
+            .map_err(SinkError::aws(
+                "PutLogEvents",
+                format!("{}/{trail}", self.group),
+            ));
         let out = match out {
             Ok(out) => out,
             Err(why) => {

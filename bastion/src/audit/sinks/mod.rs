@@ -31,8 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::Value;
-
+use crate::audit::Stamp;
 use crate::config;
 
 mod cloudwatch;
@@ -105,9 +104,57 @@ pub struct Unshipped {
     pub error: Option<String>,
 }
 
+/// Why a sink could not ship: kept as the sink's last error, logged, and reported at exit.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A call to AWS failed: which call, on what, and AWS's own words.
+    #[error("{call} {resource}: {detail}")]
+    Aws {
+        call: &'static str,
+        resource: String,
+        detail: String,
+    },
+    /// The spool or the sink's own state on this disk.
+    #[error("cannot {what}: {source}")]
+    Local {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something the sink was given or found is not what it must be.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl SinkError {
+    /// For `map_err` on an AWS SDK call: `call` (e.g. `PutObject`) on `resource`.
+    pub fn aws<E, R>(
+        call: &'static str,
+        resource: impl Into<String>,
+    ) -> impl FnOnce(aws_sdk_s3::error::SdkError<E, R>) -> SinkError
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        move |e| SinkError::Aws {
+            call,
+            resource: resource.into(),
+            detail: crate::awsutil::error_text(&e),
+        }
+    }
+
+    /// For `map_err` on a local I/O operation: "cannot `what`".
+    pub fn local(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SinkError {
+        move |source| SinkError::Local {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
 impl Shipping {
     /// Starts one thread per configured remote sink. Nothing is configured: nothing runs.
-    pub fn start(cfg: &config::Audit, dir: &Path) -> Result<Shipping, String> {
+    pub fn start(cfg: &config::Audit, dir: &Path) -> Result<Shipping, SinkError> {
         let flush = Arc::new(AtomicBool::new(false));
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         if let Some(group) = &cfg.cloudwatch_log_group {
@@ -131,7 +178,10 @@ impl Shipping {
             std::thread::Builder::new()
                 .name(format!("audit-{}", sink.name()))
                 .spawn(move || run(sink, &mut spool, &st2, &flush2))
-                .map_err(|e| format!("cannot start the {} audit sink: {e}", st.name))?;
+                .map_err(SinkError::local(format!(
+                    "start the {} audit sink",
+                    st.name
+                )))?;
             stats.push(st);
         }
         Ok(Shipping {
@@ -210,27 +260,17 @@ impl Line {
     /// Parses the fields sinks need; None for a line that is not an event (shipped as is by
     /// CloudWatch, never grouped by S3).
     fn parse(text: String, end: u64) -> Line {
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let ts_ms = v
-            .get("ts")
-            .and_then(Value::as_str)
-            .and_then(|t| humantime::parse_rfc3339(t).ok())
+        let stamp = Stamp::of(&text).unwrap_or_default();
+        let ts_ms = humantime::parse_rfc3339(&stamp.ts)
+            .ok()
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         Line {
             end,
             ts_ms,
-            sid: v
-                .get("sid")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            seq: v.get("seq").and_then(Value::as_u64).unwrap_or(0),
-            event: v
-                .get("event")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
+            sid: stamp.sid,
+            seq: stamp.seq.unwrap_or(0),
+            event: stamp.event,
             text,
         }
     }
@@ -249,17 +289,17 @@ struct Spool {
 }
 
 impl Spool {
-    fn open(dir: &Path, sink: &str) -> Result<Spool, String> {
+    fn open(dir: &Path, sink: &str) -> Result<Spool, SinkError> {
         let state = dir.join(STATE_DIR).join(sink);
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&state)
-            .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
+            .map_err(SinkError::local(format!("create {}", state.display())))?;
         let mut cursors = HashMap::new();
-        for entry in
-            fs::read_dir(&state).map_err(|e| format!("cannot list {}: {e}", state.display()))?
-        {
+        let entries =
+            fs::read_dir(&state).map_err(SinkError::local(format!("list {}", state.display())))?;
+        for entry in entries {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name().to_string_lossy().to_string();
             if name.starts_with('.') {
@@ -390,15 +430,19 @@ trait Sink: Send {
         trail: &str,
         lines: &[Line],
         at_start: u64,
-    ) -> Result<Shipped, String>;
+    ) -> Result<Shipped, SinkError>;
     /// Called every round: periodic work (S3 writes live sessions' chunks).
-    fn tick(&mut self, _rt: &tokio::runtime::Runtime) -> Result<u64, String> {
+    fn tick(&mut self, _rt: &tokio::runtime::Runtime) -> Result<u64, SinkError> {
         Ok(0)
     }
     /// How far `trail` is durably at the sink, of the `taken` bytes read so far.
     fn durable(&mut self, _trail: &str, taken: u64) -> u64 {
         taken
     }
+}
+
+fn cursor_error(sink: &str, trail: &str, e: std::io::Error) -> SinkError {
+    SinkError::local(format!("record the {sink} cursor of {trail}"))(e)
 }
 
 fn run(mut sink: Box<dyn Sink>, spool: &mut Spool, stats: &SinkStats, flush: &AtomicBool) {
@@ -416,7 +460,7 @@ fn run(mut sink: Box<dyn Sink>, spool: &mut Spool, stats: &SinkStats, flush: &At
     let mut backoff = Duration::from_secs(1);
     let mut last_error_log: Option<Instant> = None;
     loop {
-        let mut failure: Option<String> = None;
+        let mut failure: Option<SinkError> = None;
         let mut more = false;
         let listing = spool.trails();
         for (trail, len) in listing.iter().cloned() {
@@ -430,10 +474,7 @@ fn run(mut sink: Box<dyn Sink>, spool: &mut Spool, stats: &SinkStats, flush: &At
                 if spool.cursors.get(&trail).copied().unwrap_or(0) < len {
                     let durable = sink.durable(&trail, len);
                     if let Err(e) = spool.advance(&trail, len, durable) {
-                        failure = Some(format!(
-                            "cannot record the {} cursor of {trail}: {e}",
-                            stats.name
-                        ));
+                        failure = Some(cursor_error(stats.name, &trail, e));
                     }
                 }
                 continue;
@@ -441,7 +482,7 @@ fn run(mut sink: Box<dyn Sink>, spool: &mut Spool, stats: &SinkStats, flush: &At
             let lines = match spool.read_lines(&trail, len) {
                 Ok(l) => l,
                 Err(e) => {
-                    failure = Some(format!("cannot read the spool {trail}.jsonl: {e}"));
+                    failure = Some(SinkError::local(format!("read the spool {trail}.jsonl"))(e));
                     break;
                 }
             };
@@ -453,10 +494,7 @@ fn run(mut sink: Box<dyn Sink>, spool: &mut Spool, stats: &SinkStats, flush: &At
                 Ok(done) => {
                     stats.shipped.fetch_add(done.events, Ordering::Relaxed);
                     if let Err(e) = spool.advance(&trail, done.taken, done.durable) {
-                        failure = Some(format!(
-                            "cannot record the {} cursor of {trail}: {e}",
-                            stats.name
-                        ));
+                        failure = Some(cursor_error(stats.name, &trail, e));
                     }
                     more |= done.taken < len;
                 }
@@ -479,7 +517,7 @@ fn run(mut sink: Box<dyn Sink>, spool: &mut Spool, stats: &SinkStats, flush: &At
             *p = pending;
         }
         if let Ok(mut e) = stats.last_error.lock() {
-            e.clone_from(&failure);
+            *e = failure.as_ref().map(ToString::to_string);
         }
         stats.rounds.fetch_add(1, Ordering::AcqRel);
         match failure {

@@ -19,18 +19,18 @@ pub fn get_object_text(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
-) -> Result<String, String> {
+) -> Result<String, SinkError> {
+    let object = format!("s3://{bucket}/{key}");
     let obj = rt
         .block_on(client.get_object().bucket(bucket).key(key).send())
-        .map_err(|e| {
-            format!(
-                "GetObject s3://{bucket}/{key}: {}",
-                crate::awsutil::error_text(&e)
-            )
-        })?;
+        .map_err(SinkError::aws("GetObject", object.clone()))?;
     let body = rt
         .block_on(obj.body.collect())
-        .map_err(|e| format!("reading s3://{bucket}/{key}: {e}"))?
+        .map_err(|e| SinkError::Aws {
+            call: "reading",
+            resource: object,
+            detail: e.to_string(),
+        })?
         .into_bytes();
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
@@ -117,7 +117,7 @@ impl S3 {
         })
     }
 
-    fn save_marks(&self, trail: &str) -> Result<(), String> {
+    fn save_marks(&self, trail: &str) -> Result<(), SinkError> {
         let Some(marks) = self.marks.get(trail) else {
             return Ok(());
         };
@@ -132,12 +132,10 @@ impl S3 {
                 &serde_json::to_vec(marks).unwrap_or_default(),
             )
         };
-        write().map_err(|e| {
-            format!(
-                "cannot record the S3 chunks of {trail} in {}: {e}",
-                self.marks_dir.display()
-            )
-        })
+        write().map_err(SinkError::local(format!(
+            "record the S3 chunks of {trail} in {}",
+            self.marks_dir.display()
+        )))
     }
 
     fn client(&mut self, rt: &tokio::runtime::Runtime) -> aws_sdk_s3::Client {
@@ -153,7 +151,7 @@ impl S3 {
         &mut self,
         rt: &tokio::runtime::Runtime,
         id: &(String, String),
-    ) -> Result<u64, String> {
+    ) -> Result<u64, SinkError> {
         let mut sent = 0;
         loop {
             let Some(s) = self.open.get(id) else {
@@ -193,11 +191,8 @@ impl S3 {
                     (held.max(first_seq), 0)
                 }
                 Err(e) => {
-                    return Err(format!(
-                        "PutObject s3://{}/{key}: {}",
-                        self.cfg.bucket,
-                        crate::awsutil::error_text(&e)
-                    ))
+                    let object = format!("s3://{}/{key}", self.cfg.bucket);
+                    return Err(SinkError::aws("PutObject", object)(e));
                 }
             };
             sent += events;
@@ -229,7 +224,7 @@ impl S3 {
     }
 
     /// The sequence number of the last event in an existing chunk.
-    fn last_seq_in(&mut self, rt: &tokio::runtime::Runtime, key: &str) -> Result<u64, String> {
+    fn last_seq_in(&mut self, rt: &tokio::runtime::Runtime, key: &str) -> Result<u64, SinkError> {
         let client = self.client(rt);
         let bucket = &self.cfg.bucket;
         get_object_text(rt, &client, bucket, key)?
@@ -237,7 +232,9 @@ impl S3 {
             .filter(|l| !l.is_empty())
             .map(|l| Line::parse(l.to_string(), 0).seq)
             .max()
-            .ok_or_else(|| format!("s3://{bucket}/{key} exists but holds no event"))
+            .ok_or_else(|| {
+                SinkError::Invalid(format!("s3://{bucket}/{key} exists but holds no event"))
+            })
     }
 }
 
@@ -252,7 +249,7 @@ impl Sink for S3 {
         trail: &str,
         lines: &[Line],
         at_start: u64,
-    ) -> Result<Shipped, String> {
+    ) -> Result<Shipped, SinkError> {
         let mut start = lines[0].end - lines[0].text.len() as u64 - 1;
         let mut ended = Vec::new();
         for line in lines {
@@ -335,7 +332,7 @@ impl Sink for S3 {
 
     /// Long sessions: every `s3_interval` (and at exit, at once), what a live session wrote
     /// since its last chunk becomes a new chunk.
-    fn tick(&mut self, rt: &tokio::runtime::Runtime) -> Result<u64, String> {
+    fn tick(&mut self, rt: &tokio::runtime::Runtime) -> Result<u64, SinkError> {
         let interval = if self.flush.load(Ordering::Acquire) {
             Duration::ZERO
         } else {

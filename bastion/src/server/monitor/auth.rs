@@ -21,13 +21,16 @@ pub(super) async fn authenticate(
         }
     };
     let fp = key.fingerprint();
-    let base = |trail: &str| {
-        Event::new("auth", &ctx.sid, trail)
-            .with("login", login)
-            .with("key_fp", fp.clone())
-            .with("key_type", key.algo.clone())
-            .with("remote_addr", ctx.peer.to_string())
-            .with_opt("local_addr", ctx.local.map(|a| a.to_string()))
+    let base = ev::Auth {
+        who: Who {
+            login: Some(login.to_string()),
+            user: None,
+            key_fp: Some(fp.clone()),
+            remote_addr: ctx.peer.to_string(),
+        },
+        key_type: key.algo.clone(),
+        local_addr: ctx.local.map(|a| a.to_string()),
+        ..Default::default()
     };
     let (lookup, trail) = match validate_login(login) {
         Err(why) => (
@@ -62,10 +65,16 @@ pub(super) async fn authenticate(
             shared.metrics.auth(source.unwrap_or("none"), "refused");
             shared.metrics.refusal(source.unwrap_or("none"), kind);
             tracing::info!(login, key_fp = %fp, reason = %reason, "authentication refused");
-            let mut ev = base(&trail).with("success", false).with("reason", reason);
-            for (k, v) in audit {
-                ev = ev.with(k, v);
-            }
+            let ev = Event::new(
+                &ctx.sid,
+                &trail,
+                AuditEvent::Auth(ev::Auth {
+                    success: false,
+                    reason: Some(reason),
+                    detail: key_detail(&audit),
+                    ..base
+                }),
+            );
             match shared.audit.write(ev, false).await {
                 Ok(()) => AuthVerdict::Reject,
                 Err(e) => {
@@ -78,30 +87,26 @@ pub(super) async fn authenticate(
         }
         Lookup::Authorized(who) => {
             shared.metrics.auth(&who.source, "accepted");
-            let mut ev = base(&trail)
-                .with("success", true)
-                .with("user", who.user.clone())
-                .with("source", who.source.clone())
-                .with("port_forwarding", who.options.port_forwarding)
-                .with_opt(
-                    "permitopen",
-                    (!who.options.permitopen.is_empty()).then(|| {
-                        who.options
-                            .permitopen
-                            .iter()
-                            .map(|p| {
-                                format!(
-                                    "{}:{}",
-                                    p.host,
-                                    p.port.map_or("*".to_string(), |p| p.to_string())
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                    }),
-                );
-            for (k, v) in &who.audit {
-                ev = ev.with(k, v.clone());
-            }
+            let permitopen = who.options.permitopen.iter().map(|p| {
+                let port = p.port.map_or("*".to_string(), |p| p.to_string());
+                format!("{}:{port}", p.host)
+            });
+            let ev = Event::new(
+                &ctx.sid,
+                &trail,
+                AuditEvent::Auth(ev::Auth {
+                    who: Who {
+                        user: Some(who.user.clone()),
+                        ..base.who
+                    },
+                    success: true,
+                    source: Some(who.source.clone()),
+                    port_forwarding: Some(who.options.port_forwarding),
+                    permitopen: (!who.options.permitopen.is_empty()).then(|| permitopen.collect()),
+                    detail: key_detail(&who.audit),
+                    ..base
+                }),
+            );
             if let Err(e) = shared.audit.write(ev, true).await {
                 tracing::error!(error = %e, "audit trail unwritable; refusing");
                 return AuthVerdict::Disconnect {
@@ -118,12 +123,13 @@ pub(super) async fn authenticate(
             });
             let observed = sandbox::observe(pid, shared.config.sandbox.enabled);
             let sandbox_json = serde_json::to_value(&observed).unwrap_or_default();
-            let ev = ctx
-                .event("session.start")
-                .with("source", who.source)
-                .with_opt("local_addr", ctx.local.map(|a| a.to_string()))
-                .with("worker_pid", pid)
-                .with("sandbox", sandbox_json);
+            let ev = ctx.event(AuditEvent::SessionStart(ev::SessionStart {
+                who: ctx.who(),
+                source: who.source,
+                local_addr: ctx.local.map(|a| a.to_string()),
+                worker_pid: pid,
+                sandbox: sandbox_json,
+            }));
             if let Err(e) = shared.audit.write(ev, true).await {
                 tracing::error!(error = %e, "audit trail unwritable; refusing");
                 return AuthVerdict::Disconnect {
@@ -134,4 +140,14 @@ pub(super) async fn authenticate(
             AuthVerdict::Accept
         }
     }
+}
+
+/// The key source's audit fields as the typed `auth` event detail.
+// TEMPORARY until keys/ emits `KeyDetail` itself.
+fn key_detail(fields: &crate::keys::AuditFields) -> crate::audit::KeyDetail {
+    let map: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), v.clone()))
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(map)).unwrap_or_default()
 }

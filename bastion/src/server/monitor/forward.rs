@@ -27,13 +27,14 @@ pub(super) async fn forward(
         Decision::Allow { addr, reason, .. } => (true, reason.clone(), Some(*addr)),
         Decision::Deny { reason } => (false, reason.clone(), None),
     };
-    let ev = ctx
-        .event("port")
-        .with("target", target.clone())
-        .with_opt("addr", addr.map(|a| a.to_string()))
-        .with("allowed", allowed)
-        .with("reason", reason.clone())
-        .with("originator", originator);
+    let ev = ctx.event(AuditEvent::Port(ev::Port {
+        who: ctx.who(),
+        target: target.clone(),
+        addr: addr.map(|a| a.to_string()),
+        allowed,
+        reason: reason.clone(),
+        originator,
+    }));
     // Fail closed: nothing is opened unless its record is on disk.
     if let Err(e) = shared.audit.write(ev, true).await {
         tracing::error!(error = %e, "audit trail unwritable; refusing the forward");
@@ -85,13 +86,15 @@ pub(super) async fn forward(
             };
             shared.metrics.forward("failed");
             tracing::info!(%target, %why, "forward failed");
-            let ev = ctx
-                .event("port.end")
-                .with("target", target)
-                .with("addr", addr.to_string())
-                .with("error", why.clone())
-                .with("bytes_in", 0)
-                .with("bytes_out", 0);
+            let ev = ctx.event(AuditEvent::PortEnd(ev::PortEnd {
+                who: ctx.who(),
+                target,
+                addr: addr.to_string(),
+                bytes_in: Some(0),
+                bytes_out: Some(0),
+                duration_ms: None,
+                error: Some(why.clone()),
+            }));
             let _ = shared.audit.write(ev, false).await;
             reply(&ctx, id, Err(ForwardRefusal::ConnectFailed(why)), None).await;
         }
@@ -124,31 +127,10 @@ pub(super) async fn decide(
 ) -> Decision {
     let shared = &*ctx.shared;
     let deny = |reason: String| Decision::Deny { reason };
-    let Ok(port) = u16::try_from(port) else {
-        return deny(format!("port {port} is out of range"));
+    let port = match check_request(&identity.options, &identity.key_fp, host, port) {
+        Ok(port) => port,
+        Err(reason) => return deny(reason),
     };
-    if port == 0 {
-        return deny("port 0 is not a destination".into());
-    }
-    if host.is_empty()
-        || host.len() > MAX_HOST
-        || !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-_:[]%".contains(c))
-    {
-        return deny("the requested host name is not valid".into());
-    }
-    if !identity.options.port_forwarding {
-        return deny(format!(
-            "the key {} was restricted (restrict/no-port-forwarding) and may not forward",
-            identity.key_fp
-        ));
-    }
-    if !identity.options.permits_open(host, port) {
-        return deny(format!(
-            "{host}:{port} is not among the key's permitopen destinations"
-        ));
-    }
     let subject = Subject {
         login: &identity.login,
         user: &identity.user,
@@ -180,6 +162,36 @@ pub(super) async fn decide(
         },
     };
     shared.policy.decide(&subject, host, port, &resolved)
+}
+
+/// What can be refused before any policy or name lookup: the port, the host name's
+/// characters, and the key's own options (`restrict`, `permitopen=`).
+fn check_request(options: &KeyOptions, key_fp: &str, host: &str, port: u32) -> Result<u16, String> {
+    let Ok(port) = u16::try_from(port) else {
+        return Err(format!("port {port} is out of range"));
+    };
+    if port == 0 {
+        return Err("port 0 is not a destination".into());
+    }
+    if host.is_empty()
+        || host.len() > MAX_HOST
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_:[]%".contains(c))
+    {
+        return Err("the requested host name is not valid".into());
+    }
+    if !options.port_forwarding {
+        return Err(format!(
+            "the key {key_fp} was restricted (restrict/no-port-forwarding) and may not forward"
+        ));
+    }
+    if !options.permits_open(host, port) {
+        return Err(format!(
+            "{host}:{port} is not among the key's permitopen destinations"
+        ));
+    }
+    Ok(port)
 }
 
 /// An instance asked for by id: no EC2 call unless some rule could allow it; then
@@ -220,11 +232,12 @@ pub(super) async fn decide_instance(
         return decision;
     }
     if let Err(why) = crate::keys::eic::check_pushable(&identity.key) {
-        let ev = ctx
-            .event("eic.push")
-            .with("instance_id", id)
-            .with("success", false)
-            .with("reason", why.clone());
+        let ev = ctx.event(AuditEvent::EicPush(ev::EicPush {
+            who: ctx.who(),
+            instance_id: id.to_string(),
+            reason: Some(why.clone()),
+            ..Default::default()
+        }));
         let _ = shared.audit.write(ev, false).await;
         return deny(why);
     }
@@ -237,25 +250,26 @@ pub(super) async fn decide_instance(
     let key_line = identity.key.to_openssh();
     for os_user in &os_users {
         let result = shared.ec2.push(&instance, os_user, &key_line).await;
-        let mut ev = ctx
-            .event("eic.push")
-            .with("instance_id", id)
-            .with("os_user", os_user.clone())
-            .with("success", result.is_ok());
+        let mut push = ev::EicPush {
+            who: ctx.who(),
+            instance_id: id.to_string(),
+            os_user: Some(os_user.clone()),
+            success: result.is_ok(),
+            ..Default::default()
+        };
         match &result {
             Ok(p) => {
-                ev = ev
-                    .with_opt("request_id", p.request_id.clone())
-                    .with("duration_ms", p.took.as_millis() as u64);
+                push.request_id = p.request_id.clone();
+                push.duration_ms = Some(p.took.as_millis() as u64);
                 tracing::info!(instance = id, os_user = %os_user, request_id = ?p.request_id, "pushed the key with EC2 Instance Connect");
             }
             Err(e) => {
-                ev = ev
-                    .with_opt("error", e.code.clone())
-                    .with("reason", e.reason.clone());
+                push.error = e.code.clone();
+                push.reason = Some(e.reason.clone());
                 tracing::info!(instance = id, os_user = %os_user, reason = %e.reason, "EC2 Instance Connect push failed");
             }
         }
+        let ev = ctx.event(AuditEvent::EicPush(push));
         if let Err(e) = shared.audit.write(ev, true).await {
             tracing::error!(error = %e, "audit trail unwritable; refusing the forward");
             return deny(
@@ -270,4 +284,68 @@ pub(super) async fn decide_instance(
         }
     }
     decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::authorized_keys::parse_authorized_keys;
+
+    /// The options of one authorized_keys line with `options` in front of a key.
+    fn options(opts: &str) -> KeyOptions {
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        let line = if opts.is_empty() {
+            key.to_string()
+        } else {
+            format!("{opts} {key}")
+        };
+        let parsed = parse_authorized_keys(&line);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        parsed.keys[0].options.clone()
+    }
+
+    #[test]
+    fn ports_and_host_names_are_checked_first() {
+        let any = options("");
+        assert_eq!(check_request(&any, "fp", "db", 22), Ok(22));
+        assert_eq!(
+            check_request(&any, "fp", "db", 65536).unwrap_err(),
+            "port 65536 is out of range"
+        );
+        assert_eq!(
+            check_request(&any, "fp", "db", 0).unwrap_err(),
+            "port 0 is not a destination"
+        );
+        for bad in ["", "db;rm", "a b", "db/x", &"a".repeat(MAX_HOST + 1)] {
+            assert_eq!(
+                check_request(&any, "fp", bad, 22).unwrap_err(),
+                "the requested host name is not valid",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(check_request(&any, "fp", "[2001:db8::1]", 22), Ok(22));
+    }
+
+    #[test]
+    fn the_key_options_narrow_before_the_policy() {
+        let restricted = options("restrict");
+        let why = check_request(&restricted, "SHA256:k", "db", 22).unwrap_err();
+        assert!(
+            why.contains("SHA256:k") && why.contains("restricted"),
+            "{why}"
+        );
+
+        let one = options(r#"permitopen="db:5432""#);
+        assert_eq!(check_request(&one, "fp", "db", 5432), Ok(5432));
+        assert_eq!(
+            check_request(&one, "fp", "db", 22).unwrap_err(),
+            "db:22 is not among the key's permitopen destinations"
+        );
+        assert!(check_request(&one, "fp", "other", 5432).is_err());
+
+        // restrict with an explicit permit-port-forwarding and a permitopen is allowed there.
+        let both = options(r#"restrict,port-forwarding,permitopen="db:*""#);
+        assert_eq!(check_request(&both, "fp", "db", 1234), Ok(1234));
+    }
 }

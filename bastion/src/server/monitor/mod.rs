@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use crate::audit::event::{self as ev, AuditEvent, Who};
 use crate::audit::{trail_name, AuditLog, Event};
 use crate::config::Config;
 use crate::ipc::{
@@ -26,10 +27,12 @@ use crate::keys::{KeySources, Lookup};
 use crate::sandbox;
 use crate::targets::policy::{Decision, Policy, Subject};
 
+mod admission;
 mod auth;
 mod forward;
 mod session;
 
+use admission::{Admission, AdmissionLimits};
 use auth::authenticate;
 use forward::forward;
 use session::session;
@@ -87,16 +90,6 @@ pub struct Shared {
     admission: Mutex<Admission>,
 }
 
-/// Admission counters: unauthenticated connections in total and per source
-/// address, all connections, and the uids of live workers.
-struct Admission {
-    unauth: usize,
-    unauth_by_ip: HashMap<IpAddr, usize>,
-    sessions: usize,
-    free_uids: Vec<u32>,
-    next_uid: u32,
-}
-
 /// A connection's place in the admission counters; released on drop.
 struct Ticket {
     shared: Arc<Shared>,
@@ -123,20 +116,7 @@ impl Drop for Ticket {
             if self.unauthenticated {
                 a.release_unauth(self.ip);
             }
-            a.sessions -= 1;
-            a.free_uids.push(self.uid);
-        }
-    }
-}
-
-impl Admission {
-    fn release_unauth(&mut self, ip: IpAddr) {
-        self.unauth -= 1;
-        if let Some(n) = self.unauth_by_ip.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                self.unauth_by_ip.remove(&ip);
-            }
+            a.release(self.uid);
         }
     }
 }
@@ -154,7 +134,13 @@ impl Shared {
         let root_dir = sandbox::root_mount_point(&config.sandbox.runtime_dir)
             .display()
             .to_string();
-        let first_uid = config.sandbox.uid_base;
+        let limits = AdmissionLimits {
+            max_sessions: config.limits.max_sessions,
+            max_startups: config.limits.max_startups,
+            per_source: config.limits.per_source,
+            uid_base: config.sandbox.uid_base,
+            uid_count: config.sandbox.uid_count,
+        };
         let ec2_timeout = config.eic.timeout;
         let max_startups = config.limits.max_startups;
         Shared {
@@ -170,41 +156,18 @@ impl Shared {
             proxy_headers: Arc::new(tokio::sync::Semaphore::new(max_startups)),
             exe: sandbox::WorkerExe::locate(),
             root_dir,
-            admission: Mutex::new(Admission {
-                unauth: 0,
-                unauth_by_ip: HashMap::new(),
-                sessions: 0,
-                free_uids: Vec::new(),
-                next_uid: first_uid,
-            }),
+            admission: Mutex::new(Admission::new(limits)),
         }
     }
 
     /// Admission control, before any expensive work (fork, key exchange).
     /// Returns why a connection is dropped.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, &'static str> {
-        let limits = &self.config.limits;
-        let mut a = self.admission.lock().map_err(|_| "internal error")?;
-        if a.sessions >= limits.max_sessions {
-            return Err("max_sessions reached");
-        }
-        if a.unauth >= limits.max_startups {
-            return Err("max_startups reached");
-        }
-        if a.unauth_by_ip.get(&ip).copied().unwrap_or(0) >= limits.per_source {
-            return Err("per_source limit reached for this address");
-        }
-        let uid = match a.free_uids.pop() {
-            Some(uid) => uid,
-            None if a.next_uid - self.config.sandbox.uid_base < self.config.sandbox.uid_count => {
-                a.next_uid += 1;
-                a.next_uid - 1
-            }
-            None => return Err("no free worker uid (sandbox.uid_count)"),
-        };
-        a.sessions += 1;
-        a.unauth += 1;
-        *a.unauth_by_ip.entry(ip).or_insert(0) += 1;
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, String> {
+        let mut a = self
+            .admission
+            .lock()
+            .map_err(|_| "internal error".to_string())?;
+        let uid = a.admit(ip).map_err(|r| r.to_string())?;
         Ok(Ticket {
             shared: self.clone(),
             ip,
@@ -218,7 +181,7 @@ impl Shared {
         let open = self
             .admission
             .lock()
-            .map(|a| a.sessions)
+            .map(|a| a.sessions())
             .unwrap_or(usize::MAX);
         (open, self.config.limits.max_sessions)
     }
@@ -370,7 +333,7 @@ fn start_session(
         }
         Err(why) => {
             crate::obs::metrics::bump(&shared.metrics.dropped);
-            tracing::warn!(%peer, reason = why, "connection dropped by admission control");
+            tracing::warn!(%peer, reason = %why, "connection dropped by admission control");
             drop(socket);
         }
     }
@@ -437,22 +400,22 @@ struct OpenForward {
 }
 
 impl SessionCtx {
-    /// An event of this session, with who/where filled in as far as known.
-    fn event(&self, name: &'static str) -> Event {
-        let (trail, login, user, fp) = match self.identity.get() {
-            Some(id) => (
-                trail_name(Some(&id.user)),
-                Some(id.login.clone()),
-                Some(id.user.clone()),
-                Some(id.key_fp.clone()),
-            ),
-            None => (trail_name(None), None, None, None),
-        };
-        Event::new(name, &self.sid, &trail)
-            .with_opt("login", login)
-            .with_opt("user", user)
-            .with_opt("key_fp", fp)
-            .with("remote_addr", self.peer.to_string())
+    /// Who this session is, as far as known (before authentication: only the peer).
+    fn who(&self) -> Who {
+        let id = self.identity.get();
+        Who {
+            login: id.map(|id| id.login.clone()),
+            user: id.map(|id| id.user.clone()),
+            key_fp: id.map(|id| id.key_fp.clone()),
+            remote_addr: self.peer.to_string(),
+        }
+    }
+
+    /// `body` as an event of this session, for the authenticated user's trail (or the
+    /// unknown trail before authentication).
+    fn event(&self, body: AuditEvent) -> Event {
+        let trail = trail_name(self.identity.get().map(|id| id.user.as_str()));
+        Event::new(&self.sid, &trail, body)
     }
 }
 

@@ -92,22 +92,22 @@ pub(super) async fn session(
             .map(|mut f| f.drain().collect())
             .unwrap_or_default();
         for (_, fwd) in leftovers {
-            let ev = ctx
-                .event("port.end")
-                .with("target", fwd.target)
-                .with("addr", fwd.addr.to_string())
-                .with(
-                    "error",
-                    "the session ended before the forward reported its end",
-                );
+            let ev = ctx.event(AuditEvent::PortEnd(ev::PortEnd {
+                who: ctx.who(),
+                target: fwd.target,
+                addr: fwd.addr.to_string(),
+                error: Some("the session ended before the forward reported its end".into()),
+                ..Default::default()
+            }));
             let _ = shared.audit.write(ev, false).await;
         }
-        let ev = ctx
-            .event("session.end")
-            .with("duration_ms", started.elapsed().as_millis() as u64)
-            .with("reason", end_reason.clone())
-            .with_opt("exit_code", status.code)
-            .with_opt("signal", status.signal);
+        let ev = ctx.event(AuditEvent::SessionEnd(ev::SessionEnd {
+            who: ctx.who(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            reason: end_reason.clone(),
+            exit_code: status.code,
+            signal: status.signal,
+        }));
         if let Err(e) = shared.audit.write(ev, true).await {
             tracing::error!(error = %e, "could not write session.end");
         }
@@ -237,14 +237,14 @@ pub(super) async fn handle(ctx: &Arc<SessionCtx>, msg: ToMonitor, pid: i32, tick
                     limit = MAX_AUTH_REQUESTS,
                     "worker exceeded the authentication requests a connection may make; killing it"
                 );
-                let ev = ctx
-                    .event("refused")
-                    .with("what", "auth")
-                    .with("login", login)
-                    .with(
-                        "reason",
-                        format!("more than {MAX_AUTH_REQUESTS} authentication requests on one connection; worker killed"),
-                    );
+                let ev = ctx.event(AuditEvent::Refused(ev::Refused {
+                    who: Who {
+                        login: Some(login),
+                        ..ctx.who()
+                    },
+                    what: "auth".into(),
+                    reason: format!("more than {MAX_AUTH_REQUESTS} authentication requests on one connection; worker killed"),
+                }));
                 let _ = ctx.shared.audit.write(ev, false).await;
                 kill(pid);
                 return;
@@ -287,13 +287,15 @@ pub(super) async fn handle(ctx: &Arc<SessionCtx>, msg: ToMonitor, pid: i32, tick
                     .fetch_add(bytes_in, std::sync::atomic::Ordering::Relaxed);
                 m.bytes_out
                     .fetch_add(bytes_out, std::sync::atomic::Ordering::Relaxed);
-                let ev = ctx
-                    .event("port.end")
-                    .with("target", fwd.target)
-                    .with("addr", fwd.addr.to_string())
-                    .with("bytes_in", bytes_in)
-                    .with("bytes_out", bytes_out)
-                    .with("duration_ms", duration_ms);
+                let ev = ctx.event(AuditEvent::PortEnd(ev::PortEnd {
+                    who: ctx.who(),
+                    target: fwd.target,
+                    addr: fwd.addr.to_string(),
+                    bytes_in: Some(bytes_in),
+                    bytes_out: Some(bytes_out),
+                    duration_ms: Some(duration_ms),
+                    error: None,
+                }));
                 if let Err(e) = ctx.shared.audit.write(ev, false).await {
                     tracing::error!(error = %e, "could not write port.end");
                 }
@@ -301,10 +303,11 @@ pub(super) async fn handle(ctx: &Arc<SessionCtx>, msg: ToMonitor, pid: i32, tick
         }
         ToMonitor::Refused { what, detail } => {
             tracing::info!(what = %what, detail = %detail, "refused a request");
-            let ev = ctx
-                .event("refused")
-                .with("what", what)
-                .with("reason", detail);
+            let ev = ctx.event(AuditEvent::Refused(ev::Refused {
+                who: ctx.who(),
+                what,
+                reason: detail,
+            }));
             if let Err(e) = ctx.shared.audit.write(ev, false).await {
                 tracing::error!(error = %e, "could not write a refusal");
             }
