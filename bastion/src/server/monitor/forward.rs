@@ -219,7 +219,7 @@ pub(super) async fn decide_instance(
     if !shared.config.eic.push {
         return decision;
     }
-    if let Err(why) = crate::keys::eic::check_pushable(&identity.key) {
+    if let Err(why) = crate::keys::eic::check_pushable(&identity.key).map_err(|e| e.to_string()) {
         let ev = ctx
             .event("eic.push")
             .with("instance_id", id)
