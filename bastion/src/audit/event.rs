@@ -160,6 +160,33 @@ pub struct KeyDetail {
     pub eic_request: Option<String>,
 }
 
+impl KeyDetail {
+    /// What `other` sets replaces what this holds: when several sources speak about one
+    /// key, the later has the last word.
+    pub fn extend(&mut self, other: KeyDetail) {
+        macro_rules! later_wins {
+            ($($field:ident),*) => {{
+                let KeyDetail { $($field),* } = other;
+                $( if $field.is_some() { self.$field = $field; } )*
+            }};
+        }
+        later_wins!(
+            iam_user,
+            iam_arn,
+            iam_cache,
+            iam_cache_age_s,
+            iam_stale_reason,
+            iam_key_id,
+            iam_groups,
+            eic_instance,
+            eic_expires,
+            eic_signer,
+            eic_caller,
+            eic_request
+        );
+    }
+}
+
 /// `session.start`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionStart {

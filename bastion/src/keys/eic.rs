@@ -15,12 +15,14 @@
 //! user authenticated with to the instance with `SendSSHPublicKey`
 //! ([`Ec2Api`]), so the user's own end-to-end SSH to the instance succeeds
 //! without the bastion holding any key of theirs.
+//!
+//! Files: this one (the settings, the names, the IMDS reader [`EicSource`]), `eic/lookup.rs`
+//! (the source's decision for one login and key, as a [`crate::keys::KeySource`]),
+//! `eic/push.rs` (the onward push), and `eic_verify/` (the pure verification).
 
-use std::net::IpAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use aws_config::imds::client::error::ImdsError;
-use aws_sdk_ec2instanceconnect::error::ProvideErrorMetadata;
 
 use crate::keys::authorized_keys::PublicKeyBlob;
 use crate::keys::eic_verify::{self, Anchors, RawRecord, VerifiedRecord};
@@ -86,38 +88,10 @@ pub fn is_instance_id(host: &str) -> bool {
     })
 }
 
-/// Whether EC2 Instance Connect takes this key: `ssh-ed25519`, or `ssh-rsa` of at
-/// least 2048 bits. The error says what would be accepted.
-pub fn check_pushable(key: &PublicKeyBlob) -> Result<(), String> {
-    match key.algo.as_str() {
-        "ssh-ed25519" => Ok(()),
-        "ssh-rsa" => match rsa_bits(&key.blob) {
-            Some(bits) if bits >= 2048 => Ok(()),
-            Some(bits) => Err(format!(
-                "the key type ssh-rsa with {bits} bits is not accepted by EC2 Instance Connect (RSA needs at least 2048 bits); log in with an Ed25519 or a larger RSA key"
-            )),
-            None => Err("the ssh-rsa key could not be read".into()),
-        },
-        other => Err(format!(
-            "the key type {other} is not accepted by EC2 Instance Connect (it takes ssh-ed25519, or ssh-rsa of 2048 bits or more); log in with such a key"
-        )),
-    }
-}
+pub(crate) mod lookup;
+mod push;
 
-/// The modulus size of an `ssh-rsa` blob (string "ssh-rsa", mpint e, mpint n).
-fn rsa_bits(blob: &[u8]) -> Option<usize> {
-    fn field(b: &[u8]) -> Option<(&[u8], &[u8])> {
-        let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
-        let body = b.get(4..4 + len)?;
-        Some((body, &b[4 + len..]))
-    }
-    let (_, rest) = field(blob)?;
-    let (_, rest) = field(rest)?;
-    let (n, _) = field(rest)?;
-    let n: Vec<u8> = n.iter().copied().skip_while(|&c| c == 0).collect();
-    let first = *n.first()?;
-    Some((n.len() - 1) * 8 + (8 - first.leading_zeros() as usize))
-}
+pub use push::{check_pushable, Ec2Api, Ec2Failure, Instance, PushableError, Pushed};
 
 // ---------------------------------------------------------------------------------------------
 // The key source
@@ -180,7 +154,7 @@ impl EicSource {
     }
 
     /// From the `[[auth]]` entry: reads the trust anchors.
-    pub fn from_config(c: &EicAuth) -> Result<EicSource, String> {
+    pub fn from_config(c: &EicAuth) -> Result<EicSource, AnchorsError> {
         EicSource::load(&c.ca_bundle, c.timeout, None)
     }
 
@@ -189,7 +163,7 @@ impl EicSource {
         bundle: &std::path::Path,
         timeout: Duration,
         endpoint: Option<String>,
-    ) -> Result<EicSource, String> {
+    ) -> Result<EicSource, AnchorsError> {
         let anchors = read_anchors(bundle)?;
         if anchors.skipped() > 0 {
             tracing::warn!(
@@ -396,191 +370,48 @@ impl EicSource {
     }
 }
 
+/// Why a trust bundle gave no trust anchor; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum AnchorsError {
+    /// The file cannot be read.
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    /// The file is not a PEM bundle of readable certificates.
+    #[error("{}: {error}", path.display())]
+    Bundle {
+        path: std::path::PathBuf,
+        error: eic_verify::BundleError,
+    },
+    /// The file holds no certificate.
+    #[error("{} holds no certificate", path.display())]
+    Empty { path: std::path::PathBuf },
+}
+
+/// The configuration check collects messages (`impl Into<String>`): the outermost edge.
+impl From<AnchorsError> for String {
+    fn from(e: AnchorsError) -> String {
+        e.to_string()
+    }
+}
+
 /// Reads a PEM trust bundle: an error names the file (unreadable, not PEM, no certificate).
-pub fn read_anchors(bundle: &std::path::Path) -> Result<Anchors, String> {
-    let text = std::fs::read_to_string(bundle)
-        .map_err(|e| format!("cannot read {}: {e}", bundle.display()))?;
-    let anchors = Anchors::from_pem(&text).map_err(|e| format!("{}: {e}", bundle.display()))?;
+pub fn read_anchors(bundle: &std::path::Path) -> Result<Anchors, AnchorsError> {
+    let path = || bundle.to_path_buf();
+    let text = std::fs::read_to_string(bundle).map_err(|error| AnchorsError::Read {
+        path: path(),
+        error,
+    })?;
+    let anchors = Anchors::from_pem(&text).map_err(|error| AnchorsError::Bundle {
+        path: path(),
+        error,
+    })?;
     if anchors.is_empty() {
-        return Err(format!("{} holds no certificate", bundle.display()));
+        return Err(AnchorsError::Empty { path: path() });
     }
     Ok(anchors)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Onward: DescribeInstances and SendSSHPublicKey
-
-/// What the monitor needs to know about an instance asked for by id.
-#[derive(Debug, Clone)]
-pub struct Instance {
-    pub id: String,
-    pub state: String,
-    pub private_ip: Option<IpAddr>,
-    pub az: Option<String>,
-    pub tags: Vec<(String, String)>,
-}
-
-/// A refused lookup or push: the reason for the user and the audit trail, and the
-/// service's error code when there was one.
-#[derive(Debug, Clone)]
-pub struct Ec2Failure {
-    pub reason: String,
-    pub code: Option<String>,
-}
-
-/// A successful push.
-#[derive(Debug, Clone)]
-pub struct Pushed {
-    pub request_id: Option<String>,
-    pub took: Duration,
-}
-
-/// EC2's error code for an instance id it does not know.
-const NOT_FOUND: &str = "InvalidInstanceID.NotFound";
-
-/// An unknown instance, whether EC2 said so or answered without it.
-fn not_found(id: &str) -> Ec2Failure {
-    Ec2Failure {
-        reason: format!("instance {id} was not found (DescribeInstances)"),
-        code: Some(NOT_FOUND.into()),
-    }
-}
-
-/// The EC2 and EC2 Instance Connect clients, built on first use.
-pub struct Ec2Api {
-    timeout: Duration,
-    clients: tokio::sync::OnceCell<(aws_sdk_ec2::Client, aws_sdk_ec2instanceconnect::Client)>,
-}
-
-impl Ec2Api {
-    pub fn new(timeout: Duration) -> Ec2Api {
-        Ec2Api {
-            timeout,
-            clients: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    async fn clients(&self) -> &(aws_sdk_ec2::Client, aws_sdk_ec2instanceconnect::Client) {
-        self.clients
-            .get_or_init(|| async {
-                let config = crate::awsutil::sdk_config(self.timeout).await;
-                (
-                    aws_sdk_ec2::Client::new(&config),
-                    aws_sdk_ec2instanceconnect::Client::new(&config),
-                )
-            })
-            .await
-    }
-
-    /// `DescribeInstances` for one id.
-    pub async fn describe(&self, id: &str) -> Result<Instance, Ec2Failure> {
-        let (ec2, _) = self.clients().await;
-        let out = ec2
-            .describe_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .map_err(|e| {
-                let code = e
-                    .as_service_error()
-                    .and_then(|s| s.code())
-                    .map(str::to_string);
-                if code.as_deref() == Some(NOT_FOUND) {
-                    not_found(id)
-                } else {
-                    Ec2Failure {
-                        reason: format!(
-                            "instance {id} could not be looked up (DescribeInstances): {}",
-                            crate::awsutil::error_text(&e)
-                        ),
-                        code,
-                    }
-                }
-            })?;
-        let found = out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find(|i| i.instance_id() == Some(id));
-        let Some(i) = found else {
-            return Err(not_found(id));
-        };
-        Ok(Instance {
-            id: id.to_string(),
-            state: i
-                .state()
-                .and_then(|s| s.name())
-                .map_or("unknown".to_string(), |n| n.as_str().to_string()),
-            private_ip: i.private_ip_address().and_then(|a| a.parse().ok()),
-            az: i
-                .placement()
-                .and_then(|p| p.availability_zone())
-                .map(str::to_string),
-            tags: i
-                .tags()
-                .iter()
-                .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
-                .collect(),
-        })
-    }
-
-    /// `SendSSHPublicKey`: `key_line` may log in as `os_user` on `instance` for 60 s.
-    pub async fn push(
-        &self,
-        instance: &Instance,
-        os_user: &str,
-        key_line: &str,
-    ) -> Result<Pushed, Ec2Failure> {
-        let (_, eic) = self.clients().await;
-        let started = Instant::now();
-        let mut req = eic
-            .send_ssh_public_key()
-            .instance_id(&instance.id)
-            .instance_os_user(os_user)
-            .ssh_public_key(key_line);
-        if let Some(az) = &instance.az {
-            req = req.availability_zone(az);
-        }
-        match req.send().await {
-            Ok(out) => Ok(Pushed {
-                request_id: out.request_id().map(str::to_string).or_else(|| {
-                    use aws_sdk_ec2instanceconnect::operation::RequestId;
-                    RequestId::request_id(&out).map(str::to_string)
-                }),
-                took: started.elapsed(),
-            }),
-            Err(e) => {
-                let code = e
-                    .as_service_error()
-                    .and_then(|s| s.code())
-                    .map(str::to_string);
-                let what = match code.as_deref() {
-                    Some("ThrottlingException") => {
-                        "EC2 Instance Connect is throttling requests; try again in a little while".to_string()
-                    }
-                    Some("EC2InstanceNotFoundException") => {
-                        format!("EC2 Instance Connect did not find instance {}", instance.id)
-                    }
-                    Some("EC2InstanceStateInvalidException") => format!(
-                        "instance {} is not in a state EC2 Instance Connect accepts (not running)",
-                        instance.id
-                    ),
-                    Some("EC2InstanceUnavailableException") => format!(
-                        "instance {} is not available to EC2 Instance Connect right now",
-                        instance.id
-                    ),
-                    Some("AuthException") | Some("AccessDeniedException") => {
-                        "the bastion is not allowed to push keys to this instance (ec2-instance-connect:SendSSHPublicKey)".to_string()
-                    }
-                    _ => "pushing the key failed".to_string(),
-                };
-                Err(Ec2Failure {
-                    reason: format!("{what} ({})", crate::awsutil::error_text(&e)),
-                    code,
-                })
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -624,40 +455,5 @@ mod tests {
         assert!(!is_instance_id("i-123"));
         assert!(!is_instance_id("db.internal"));
         assert!(!is_instance_id("i-0123456789abcdef0.example.com"));
-    }
-
-    #[test]
-    fn pushable_keys() {
-        let ed = PublicKeyBlob::from_openssh(
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIrvfN7B7bWkTt3WJoN7kmqjxj0YGhMRwDbyUuMWEfuV",
-        )
-        .unwrap();
-        assert!(check_pushable(&ed).is_ok());
-        // A 1024-bit and a 2048-bit modulus, built by hand.
-        let rsa = |bits: usize| {
-            let mut blob = Vec::new();
-            for part in [b"ssh-rsa".to_vec(), vec![1, 0, 1], {
-                let mut n = vec![0u8];
-                n.push(0x80);
-                n.extend(std::iter::repeat_n(0x11, bits / 8 - 1));
-                n
-            }] {
-                blob.extend((part.len() as u32).to_be_bytes());
-                blob.extend(part);
-            }
-            PublicKeyBlob {
-                algo: "ssh-rsa".into(),
-                blob,
-            }
-        };
-        assert_eq!(rsa_bits(&rsa(2048).blob), Some(2048));
-        assert!(check_pushable(&rsa(2048)).is_ok());
-        let e = check_pushable(&rsa(1024)).unwrap_err();
-        assert!(e.contains("1024 bits"), "{e}");
-        let ecdsa = PublicKeyBlob {
-            algo: "ecdsa-sha2-nistp256".into(),
-            blob: vec![],
-        };
-        assert!(check_pushable(&ecdsa).unwrap_err().contains("key type"));
     }
 }

@@ -6,23 +6,22 @@
 //! authorises the key wins.
 
 pub mod authorized_keys;
+mod command;
 pub mod eic;
 pub mod eic_verify;
+mod file;
 pub mod iam;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde_json::Value;
-
-use tokio::io::AsyncReadExt;
+use futures::future::BoxFuture;
 
 use crate::keys::authorized_keys::{parse_authorized_keys, KeyOptions, PublicKeyBlob};
-use crate::keys::eic::{EicAuth, EicSource};
-use crate::keys::iam::{Freshness, IamAuth, IamSource, Record, SdkIam};
+use crate::keys::eic::EicAuth;
+use crate::keys::iam::{IamAuth, IamSource, SdkIam};
 
 /// One `[[auth]]` entry: a source of authorized keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +56,9 @@ pub enum AuthSource {
 /// Output of an AuthorizedKeysCommand beyond this is an error, not a key list.
 const MAX_COMMAND_OUTPUT: usize = 1024 * 1024;
 
-/// Extra fields a source adds to the `auth` audit event (e.g. `iam_arn`).
-pub type AuditFields = Vec<(&'static str, Value)>;
+/// What a source adds to the `auth` audit event (e.g. `iam_arn`): typed, in the audit
+/// trail's own vocabulary.
+pub use crate::audit::KeyDetail;
 
 /// A key source that authorised a key.
 #[derive(Debug, Clone)]
@@ -73,7 +73,7 @@ pub struct Authorized {
     /// The principal's groups, for `group:` principals in the policy.
     pub groups: Vec<String>,
     /// Extra fields for the audit event.
-    pub audit: AuditFields,
+    pub audit: KeyDetail,
 }
 
 /// The answer for one (login, key).
@@ -86,7 +86,7 @@ pub enum Lookup {
     Denied {
         reason: String,
         principal: Option<String>,
-        audit: AuditFields,
+        audit: KeyDetail,
         /// The kind of the last source that had something to say (`file`,
         /// `command`, `iam`), for the metrics.
         source: Option<&'static str>,
@@ -98,38 +98,54 @@ pub enum Lookup {
     },
 }
 
-enum Source {
-    Dir(PathBuf),
-    File {
-        path: PathBuf,
-        logins: Vec<String>,
-    },
-    Command {
-        argv: Vec<String>,
-        uid: u32,
-        gid: u32,
-        timeout: Duration,
-    },
-    Iam(Arc<IamSource<SdkIam>>),
-    Eic(Arc<EicSource>),
+/// One configured key source: asked about one (login, key) at a time, in the configured order.
+///
+/// Adding a source: one file (or folder) that implements this trait, one variant in
+/// [`AuthSource`], and one registration line in [`KeySources::new`].
+pub trait KeySource: Send + Sync {
+    /// The source's kind for the metrics and logs: `file`, `command`, `iam`, `eic`.
+    fn kind(&self) -> &'static str;
+    /// One line for the start-up announcement.
+    fn describe(&self) -> String;
+    /// What this source says about the query's key for its login.
+    fn answer<'a>(&'a self, q: Query<'a>) -> BoxFuture<'a, Answer>;
 }
+
+/// The question put to each source: may `key` log in as `login`?
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// The login the client asked for.
+    pub login: &'a str,
+    /// The key the client proved it holds.
+    pub key: &'a PublicKeyBlob,
+    /// The key's SHA-256 fingerprint, for messages and `%f`.
+    pub fingerprint: &'a str,
+}
+
+/// Why a configured source could not be built: the `[[auth]]` key at fault, and why.
+type BuildError = (&'static str, String);
 
 /// The configured key sources, in order.
 pub struct KeySources {
-    sources: Vec<Source>,
+    sources: Vec<Arc<dyn KeySource>>,
+    /// The iam sources again, for their metrics.
+    iam: Vec<Arc<IamSource<SdkIam>>>,
 }
 
 /// What one source said about a login.
-enum Answer {
+pub enum Answer {
     /// The source has nothing for this login.
     Unknown,
     /// authorized_keys text for this login, and where it came from.
     Keys {
+        /// The text, checked line by line as an `authorized_keys` file.
         text: String,
+        /// Where it came from, for the audit trail (`file:/path`, `command:/path`).
         origin: String,
     },
     /// The source decided by itself.
     Decided(Lookup),
+    /// The source could not answer (why, for the log and the refusal).
     Failed(String),
 }
 
@@ -141,58 +157,35 @@ impl KeySources {
         config: &[AuthSource],
         want_groups: bool,
     ) -> Result<KeySources, Vec<(usize, &'static str, String)>> {
-        let mut sources = Vec::new();
+        let mut sources: Vec<Arc<dyn KeySource>> = Vec::new();
+        let mut iam_sources = Vec::new();
         let mut errors = Vec::new();
         for (i, source) in config.iter().enumerate() {
-            match source {
-                AuthSource::File { dir: Some(dir), .. } => sources.push(Source::Dir(dir.clone())),
+            // The registration: one line per kind of source.
+            let built: Result<Arc<dyn KeySource>, BuildError> = match source {
                 AuthSource::File {
-                    file: Some(path),
+                    dir,
+                    file: f,
                     logins,
-                    ..
-                } => sources.push(Source::File {
-                    path: path.clone(),
-                    logins: logins.clone(),
-                }),
-                AuthSource::File { .. } => {
-                    errors.push((i, "dir", "a file source needs `dir` or `file`".to_string()))
-                }
+                } => file::from_config(dir, f, logins),
                 AuthSource::Command {
-                    command,
+                    command: c,
                     run_as,
                     timeout,
-                } => {
-                    let argv: Vec<String> =
-                        command.split_whitespace().map(str::to_string).collect();
-                    match nix::unistd::User::from_name(run_as) {
-                        Ok(Some(user)) => sources.push(Source::Command {
-                            argv,
-                            uid: user.uid.as_raw(),
-                            gid: user.gid.as_raw(),
-                            timeout: *timeout,
-                        }),
-                        Ok(None) => errors.push((
-                            i,
-                            "run_as",
-                            format!("no such user {run_as:?} on this system"),
-                        )),
-                        Err(e) => {
-                            errors.push((i, "run_as", format!("looking up user {run_as:?}: {e}")))
-                        }
-                    }
-                }
-                AuthSource::Iam(c) => sources.push(Source::Iam(Arc::new(IamSource::new(
-                    SdkIam::new(c.assume_role_arn.clone(), c.timeout),
-                    iam::Settings::from_config(c, want_groups),
-                )))),
-                AuthSource::Eic(c) => match EicSource::from_config(c) {
-                    Ok(src) => sources.push(Source::Eic(Arc::new(src))),
-                    Err(e) => errors.push((i, "ca_bundle", e)),
-                },
+                } => command::from_config(c, run_as, *timeout),
+                AuthSource::Iam(c) => iam::lookup::from_config(c, want_groups, &mut iam_sources),
+                AuthSource::Eic(c) => eic::lookup::from_config(c),
+            };
+            match built {
+                Ok(s) => sources.push(s),
+                Err((key, message)) => errors.push((i, key, message)),
             }
         }
         if errors.is_empty() {
-            Ok(KeySources { sources })
+            Ok(KeySources {
+                sources,
+                iam: iam_sources,
+            })
         } else {
             Err(errors)
         }
@@ -213,13 +206,11 @@ impl KeySources {
         f: impl Fn(&IamSource<SdkIam>) -> Vec<(&'static str, u64)>,
     ) -> Vec<(&'static str, u64)> {
         let mut out: Vec<(&'static str, u64)> = Vec::new();
-        for s in &self.sources {
-            if let Source::Iam(src) = s {
-                for (k, v) in f(src) {
-                    match out.iter_mut().find(|(x, _)| *x == k) {
-                        Some(e) => e.1 += v,
-                        None => out.push((k, v)),
-                    }
+        for src in &self.iam {
+            for (k, v) in f(src) {
+                match out.iter_mut().find(|(x, _)| *x == k) {
+                    Some(e) => e.1 += v,
+                    None => out.push((k, v)),
                 }
             }
         }
@@ -228,33 +219,7 @@ impl KeySources {
 
     /// One line per source, for the start-up announcement.
     pub fn describe(&self) -> Vec<String> {
-        self.sources
-            .iter()
-            .map(|s| match s {
-                Source::Dir(d) => format!("file: {}/<login>", d.display()),
-                Source::File { path, logins } => {
-                    format!("file: {} for {}", path.display(), logins.join(", "))
-                }
-                Source::Command { argv, .. } => format!("command: {}", argv.join(" ")),
-                Source::Iam(src) => {
-                    let s = src.settings();
-                    format!(
-                        "iam: {}, cache {} (stale up to {})",
-                        if s.groups.is_empty() {
-                            "any IAM user".to_string()
-                        } else {
-                            format!("members of {}", s.groups.join(", "))
-                        },
-                        humantime::format_duration(s.cache_ttl),
-                        humantime::format_duration(s.stale_ttl)
-                    )
-                }
-                Source::Eic(src) => format!(
-                    "eic: keys pushed with EC2 Instance Connect, read from the instance metadata service, {} trust anchors",
-                    src.anchors()
-                ),
-            })
-            .collect()
+        self.sources.iter().map(|s| s.describe()).collect()
     }
 
     /// Decides whether `key` may log in as `login` from `peer`.
@@ -262,13 +227,20 @@ impl KeySources {
         let fingerprint = key.fingerprint();
         let mut known_login = false;
         let mut principal: Option<String> = None;
-        let mut audit: AuditFields = Vec::new();
+        let mut audit = KeyDetail::default();
         let mut reasons: Vec<String> = Vec::new();
         let mut answered: Option<&'static str> = None;
         let mut decided_kind: Option<&'static str> = None;
         let (mut failed, mut restricted) = (false, false);
         for source in &self.sources {
-            let (text, origin) = match source.keys_for(login, key, &fingerprint).await {
+            let (text, origin) = match source
+                .answer(Query {
+                    login,
+                    key,
+                    fingerprint: &fingerprint,
+                })
+                .await
+            {
                 Answer::Unknown => continue,
                 Answer::Failed(why) => {
                     failed = true;
@@ -336,7 +308,7 @@ impl KeySources {
                     source: origin,
                     options: entry.options.clone(),
                     groups: Vec::new(),
-                    audit: Vec::new(),
+                    audit: KeyDetail::default(),
                 });
             }
         }
@@ -367,353 +339,12 @@ impl KeySources {
     }
 }
 
-impl Source {
-    fn kind(&self) -> &'static str {
-        match self {
-            Source::Dir(_) | Source::File { .. } => "file",
-            Source::Command { .. } => "command",
-            Source::Iam(_) => "iam",
-            Source::Eic(_) => "eic",
-        }
-    }
-
-    async fn keys_for(&self, login: &str, key: &PublicKeyBlob, fingerprint: &str) -> Answer {
-        match self {
-            Source::Dir(dir) => read_keys_file(dir.join(login)).await,
-            Source::File { path, logins } => {
-                if logins.iter().any(|l| l == "*" || l == login) {
-                    read_keys_file(path.clone()).await
-                } else {
-                    Answer::Unknown
-                }
-            }
-            Source::Command {
-                argv,
-                uid,
-                gid,
-                timeout,
-            } => run_command(argv, *uid, *gid, *timeout, login, key, fingerprint).await,
-            Source::Iam(src) => iam_decide(src, login, key, fingerprint).await,
-            Source::Eic(src) => eic_decide(src, login, key, fingerprint).await,
-        }
-    }
-}
-
-/// The eic source's decision: a verified record for this login holding this key.
-async fn eic_decide(
-    src: &EicSource,
-    login: &str,
-    key: &PublicKeyBlob,
-    fingerprint: &str,
-) -> Answer {
-    if crate::keys::eic::validate_os_user(login).is_err() {
-        // Not a name EC2 Instance Connect could have stored: no IMDS request.
-        return Answer::Unknown;
-    }
-    let found = match src.keys_for(login, SystemTime::now()).await {
-        Ok(f) => f,
-        Err(failure) => {
-            return Answer::Failed(format!("eic: {}; refusing (fail closed)", failure.reason))
-        }
-    };
-    let deny = |reason: String, kind: &'static str, audit: AuditFields| {
-        Answer::Decided(Lookup::Denied {
-            reason,
-            principal: Some(login.to_string()),
-            audit,
-            source: Some("eic"),
-            kind,
-        })
-    };
-    let instance = Value::from(found.instance_id.clone());
-    if let Some(ok) = found.accepted.iter().find(|a| a.key.blob == key.blob) {
-        let r = &ok.record;
-        let mut audit: AuditFields = vec![
-            ("eic_instance", instance),
-            (
-                "eic_expires",
-                Value::from(humantime::format_rfc3339_seconds(r.expires).to_string()),
-            ),
-        ];
-        if let Some(fp) = &found.signer {
-            audit.push(("eic_signer", Value::from(fp.clone())));
-        }
-        if let Some(c) = &r.caller {
-            audit.push(("eic_caller", Value::from(c.clone())));
-        }
-        if let Some(q) = &r.request {
-            audit.push(("eic_request", Value::from(q.clone())));
-        }
-        return Answer::Decided(Lookup::Authorized(Authorized {
-            user: login.to_string(),
-            source: "eic".to_string(),
-            options: KeyOptions::default(),
-            groups: Vec::new(),
-            audit,
-        }));
-    }
-    let same_key = |line: &Option<String>| {
-        line.as_deref()
-            .and_then(|l| PublicKeyBlob::from_openssh(l).ok())
-            .is_some_and(|k| k.blob == key.blob)
-    };
-    if let Some((_, why)) = found.rejected.iter().find(|(line, _)| same_key(line)) {
-        return deny(
-            format!(
-                "eic: the EC2 Instance Connect record for key {fingerprint} was rejected: {why}"
-            ),
-            "key_restricted",
-            vec![("eic_instance", instance)],
-        );
-    }
-    let total = found.accepted.len() + found.rejected.len();
-    if total == 0 {
-        return deny(
-            format!(
-                "eic: no EC2 Instance Connect key was pushed for {login} to this instance ({}) in the last 60 s",
-                found.instance_id
-            ),
-            "unknown_login",
-            vec![("eic_instance", instance)],
-        );
-    }
-    let mut reason = format!(
-        "eic: key {fingerprint} is not among the {total} EC2 Instance Connect keys pushed for {login}"
-    );
-    if !found.rejected.is_empty() {
-        let whys: Vec<&str> = found.rejected.iter().map(|(_, w)| w.as_str()).collect();
-        reason.push_str(&format!(" ({} rejected: {})", whys.len(), whys.join("; ")));
-    }
-    deny(
-        reason,
-        "key_not_authorized",
-        vec![("eic_instance", instance)],
-    )
-}
-
-/// The iam source's decision: the IAM user the login names (widdix spellings
-/// allowed), its Active keys compared by key material, its groups.
-async fn iam_decide<A: iam::IamApi>(
-    src: &IamSource<A>,
-    login: &str,
-    key: &PublicKeyBlob,
-    fingerprint: &str,
-) -> Answer {
-    let name = iam::iam_user_for_login(login);
-    if let Err(why) = iam::validate_user_name(&name) {
-        // Not a name IAM could hold: no call is made.
-        tracing::debug!(login, why = %why, "login is not an IAM user name");
-        return Answer::Unknown;
-    }
-    let answer = match src.lookup(&name).await {
-        Ok(a) => a,
-        Err(outage) => {
-            return Answer::Failed(format!(
-                "iam: cannot check IAM user {name}: {outage}; refusing (fail closed)"
-            ))
-        }
-    };
-    let user = match &*answer.record {
-        Record::NoSuchUser => return Answer::Unknown,
-        Record::User(u) => u,
-    };
-    let mut audit: AuditFields = vec![
-        ("iam_user", Value::from(user.name.clone())),
-        ("iam_arn", Value::from(user.arn.clone())),
-        ("iam_cache", Value::from(answer.freshness.word())),
-    ];
-    if let Freshness::Cached { age } | Freshness::Stale { age, .. } = &answer.freshness {
-        audit.push(("iam_cache_age_s", Value::from(age.as_secs())));
-    }
-    let stale_note = match &answer.freshness {
-        Freshness::Stale { why, .. } => {
-            audit.push(("iam_stale_reason", Value::from(why.clone())));
-            format!(" (from a stale cache: {why})")
-        }
-        _ => String::new(),
-    };
-    let deny = |reason: String, audit: AuditFields| {
-        Answer::Decided(Lookup::Denied {
-            reason: format!("{reason}{stale_note}"),
-            principal: Some(user.name.clone()),
-            audit,
-            source: Some("iam"),
-            kind: "key_restricted",
-        })
-    };
-    let required = &src.settings().groups;
-    let Some(keys) = &user.keys else {
-        return deny(
-            format!(
-                "IAM user {} is not in any of the groups {}",
-                user.name,
-                required.join(", ")
-            ),
-            audit,
-        );
-    };
-    let matching = keys
-        .iter()
-        .find(|k| PublicKeyBlob::from_openssh(&k.body).is_ok_and(|parsed| parsed.blob == key.blob));
-    match matching {
-        None => deny(
-            format!(
-                "key {fingerprint} is not among IAM user {}'s SSH public keys ({} uploaded)",
-                user.name,
-                keys.len()
-            ),
-            audit,
-        ),
-        Some(k) if !k.active => {
-            audit.push(("iam_key_id", Value::from(k.id.clone())));
-            deny(
-                format!(
-                    "key {fingerprint} ({}) of IAM user {} is Inactive",
-                    k.id, user.name
-                ),
-                audit,
-            )
-        }
-        Some(k) => {
-            audit.push(("iam_key_id", Value::from(k.id.clone())));
-            if let Some(g) = &user.groups {
-                audit.push(("iam_groups", Value::from(g.clone())));
-            }
-            if let Freshness::Stale { .. } = answer.freshness {
-                tracing::warn!(login, user = %user.name, "login allowed from a stale IAM answer");
-            }
-            Answer::Decided(Lookup::Authorized(Authorized {
-                user: user.name.clone(),
-                source: "iam".to_string(),
-                options: KeyOptions::default(),
-                groups: user.groups.clone().unwrap_or_default(),
-                audit,
-            }))
-        }
-    }
-}
-
-async fn read_keys_file(path: PathBuf) -> Answer {
-    match tokio::fs::read_to_string(&path).await {
-        Ok(text) => Answer::Keys {
-            text,
-            origin: format!("file:{}", path.display()),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Answer::Unknown,
-        Err(e) => Answer::Failed(format!("reading {}: {e}", path.display())),
-    }
-}
-
-/// Expands OpenSSH AuthorizedKeysCommand tokens in one argument.
-pub fn expand_tokens(arg: &str, login: &str, key: &PublicKeyBlob, fingerprint: &str) -> String {
-    let mut out = String::with_capacity(arg.len());
-    let mut chars = arg.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('u') => out.push_str(login),
-            Some('f') => out.push_str(fingerprint),
-            Some('k') => out.push_str(key.to_openssh().split_whitespace().nth(1).unwrap_or("")),
-            Some('t') => out.push_str(&key.algo),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
-}
-
-async fn run_command(
-    argv: &[String],
-    uid: u32,
-    gid: u32,
-    timeout: Duration,
-    login: &str,
-    key: &PublicKeyBlob,
-    fingerprint: &str,
-) -> Answer {
-    let Some((program, args)) = argv.split_first() else {
-        return Answer::Failed("empty command".into());
-    };
-    let origin = format!("command:{program}");
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(
-        args.iter()
-            .map(|a| expand_tokens(a, login, key, fingerprint)),
-    )
-    .env_clear()
-    .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-    .uid(uid)
-    .gid(gid)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Answer::Failed(format!("{origin}: cannot start: {e}")),
-    };
-    let Some(stdout) = child.stdout.take() else {
-        return Answer::Failed(format!("{origin}: no stdout"));
-    };
-    let work = async {
-        let mut out = Vec::new();
-        let read = stdout
-            .take(MAX_COMMAND_OUTPUT as u64 + 1)
-            .read_to_end(&mut out)
-            .await;
-        let status = child.wait().await;
-        (read, status, out)
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Err(_) => Answer::Failed(format!(
-            "{origin}: timed out after {}",
-            humantime::format_duration(timeout)
-        )),
-        Ok((Err(e), _, _)) => Answer::Failed(format!("{origin}: reading its output: {e}")),
-        Ok((_, Err(e), _)) => Answer::Failed(format!("{origin}: {e}")),
-        Ok((Ok(_), Ok(status), out)) => {
-            if !status.success() {
-                Answer::Failed(format!("{origin}: exited with {status}"))
-            } else if out.len() > MAX_COMMAND_OUTPUT {
-                Answer::Failed(format!(
-                    "{origin}: printed more than {MAX_COMMAND_OUTPUT} bytes"
-                ))
-            } else if out.iter().all(|b| b.is_ascii_whitespace()) {
-                Answer::Unknown
-            } else {
-                Answer::Keys {
-                    text: String::from_utf8_lossy(&out).into_owned(),
-                    origin,
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIrvfN7B7bWkTt3WJoN7kmqjxj0YGhMRwDbyUuMWEfuV test";
-
-    #[test]
-    fn tokens_expand_like_openssh() {
-        let key = PublicKeyBlob::from_openssh(KEY).unwrap();
-        let got = expand_tokens("%u:%t:%f:%%:%x:%", "alice", &key, "SHA256:abc");
-        assert_eq!(got, "alice:ssh-ed25519:SHA256:abc:%:%x:%");
-        assert_eq!(
-            expand_tokens("%k", "a", &key, ""),
-            "AAAAC3NzaC1lZDI1NTE5AAAAIIrvfN7B7bWkTt3WJoN7kmqjxj0YGhMRwDbyUuMWEfuV"
-        );
-    }
 
     #[tokio::test]
     async fn dir_source_authorizes_and_explains() {

@@ -37,7 +37,7 @@ pub(super) async fn authenticate(
             Lookup::Denied {
                 reason: format!("login name is not valid: {why}"),
                 principal: None,
-                audit: Vec::new(),
+                audit: KeyDetail::default(),
                 source: None,
                 kind: "invalid_login",
             },
@@ -71,7 +71,7 @@ pub(super) async fn authenticate(
                 AuditEvent::Auth(ev::Auth {
                     success: false,
                     reason: Some(reason),
-                    detail: key_detail(&audit),
+                    detail: audit,
                     ..base
                 }),
             );
@@ -103,7 +103,7 @@ pub(super) async fn authenticate(
                     source: Some(who.source.clone()),
                     port_forwarding: Some(who.options.port_forwarding),
                     permitopen: (!who.options.permitopen.is_empty()).then(|| permitopen.collect()),
-                    detail: key_detail(&who.audit),
+                    detail: who.audit.clone(),
                     ..base
                 }),
             );
@@ -140,14 +140,4 @@ pub(super) async fn authenticate(
             AuthVerdict::Accept
         }
     }
-}
-
-/// The key source's audit fields as the typed `auth` event detail.
-// TEMPORARY until keys/ emits `KeyDetail` itself.
-fn key_detail(fields: &crate::keys::AuditFields) -> crate::audit::KeyDetail {
-    let map: serde_json::Map<String, serde_json::Value> = fields
-        .iter()
-        .map(|(k, v)| ((*k).to_string(), v.clone()))
-        .collect();
-    serde_json::from_value(serde_json::Value::Object(map)).unwrap_or_default()
 }

@@ -231,7 +231,7 @@ pub(super) async fn decide_instance(
     if !shared.config.eic.push {
         return decision;
     }
-    if let Err(why) = crate::keys::eic::check_pushable(&identity.key) {
+    if let Err(why) = crate::keys::eic::check_pushable(&identity.key).map_err(|e| e.to_string()) {
         let ev = ctx.event(AuditEvent::EicPush(ev::EicPush {
             who: ctx.who(),
             instance_id: id.to_string(),

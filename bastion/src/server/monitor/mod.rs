@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::audit::event::{self as ev, AuditEvent, Who};
+use crate::audit::event::{self as ev, AuditEvent, KeyDetail, Who};
 use crate::audit::{trail_name, AuditLog, Event};
 use crate::config::Config;
 use crate::ipc::{
