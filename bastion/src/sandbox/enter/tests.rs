@@ -137,51 +137,57 @@ fn order_rules() {
             .rposition(|n| *n == name)
             .unwrap_or_else(|| panic!("{name} was never called: {names:?}"))
     };
-    let before = |a: &str, b: &str, why: &str| {
-        assert!(last(a) < first(b), "{a} must come before {b}: {why}");
-    };
     assert_eq!(first("mount"), 0, "mount propagation is stopped first");
-    before("pivot_root", "setresuid", "pivot_root needs CAP_SYS_ADMIN");
-    before("umount2", "setresuid", "detaching needs CAP_SYS_ADMIN");
-    before(
-        "mount",
-        "setresuid",
-        "the read-only remount needs CAP_SYS_ADMIN",
-    );
-    before(
-        "sethostname",
-        "setresuid",
-        "sethostname needs CAP_SYS_ADMIN",
-    );
-    before(
-        "setrlimit",
-        "setresuid",
-        "limits are set while they may be raised",
-    );
-    before("setgroups", "setresgid", "groups go with the gid");
-    before("setresgid", "setresuid", "setresgid needs CAP_SETGID");
-    before("drop_bounding", "setresuid", "dropping needs CAP_SETPCAP");
-    before(
-        "setresuid",
-        "clear_caps",
-        "the sets are cleared after the uid change",
-    );
-    before("clear_caps", "read_caps", "what is checked is what is left");
-    before(
-        "read_caps",
-        "prctl(PR_SET_DUMPABLE)",
-        "fail closed before going on",
-    );
-    before(
-        "prctl(PR_SET_DUMPABLE)",
-        "prctl(PR_SET_NO_NEW_PRIVS)",
-        "the documented order",
-    );
-    before(
-        "prctl(PR_SET_NO_NEW_PRIVS)",
-        "seccomp",
-        "seccomp needs no_new_privs",
-    );
+    // (earlier, later, why): every call of the first before any of the second.
+    let rules = [
+        ("pivot_root", "setresuid", "pivot_root needs CAP_SYS_ADMIN"),
+        ("umount2", "setresuid", "detaching needs CAP_SYS_ADMIN"),
+        (
+            "mount",
+            "setresuid",
+            "the read-only remount needs CAP_SYS_ADMIN",
+        ),
+        (
+            "sethostname",
+            "setresuid",
+            "sethostname needs CAP_SYS_ADMIN",
+        ),
+        (
+            "setrlimit",
+            "setresuid",
+            "limits are set while they may be raised",
+        ),
+        ("setgroups", "setresgid", "groups go with the gid"),
+        ("setresgid", "setresuid", "setresgid needs CAP_SETGID"),
+        ("drop_bounding", "setresuid", "dropping needs CAP_SETPCAP"),
+        (
+            "setresuid",
+            "clear_caps",
+            "the sets are cleared after the uid change",
+        ),
+        ("clear_caps", "read_caps", "what is checked is what is left"),
+        (
+            "read_caps",
+            "prctl(PR_SET_DUMPABLE)",
+            "fail closed before going on",
+        ),
+        (
+            "prctl(PR_SET_DUMPABLE)",
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            "the documented order",
+        ),
+        (
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            "seccomp",
+            "seccomp needs no_new_privs",
+        ),
+    ];
+    for (earlier, later, why) in rules {
+        assert!(
+            last(earlier) < first(later),
+            "{earlier} must come before {later}: {why}"
+        );
+    }
     assert_eq!(last("seccomp"), names.len() - 1, "seccomp is the last step");
     assert_eq!(first("seccomp"), last("seccomp"), "one filter, once");
 }
