@@ -35,7 +35,7 @@ pub struct Who {
 pub enum AuditEvent {
     /// A public key was proven and judged (`success` says which way).
     #[serde(rename = "auth")]
-    Auth(Auth),
+    Auth(Box<Auth>),
     /// The login was accepted: the session is open.
     #[serde(rename = "session.start")]
     SessionStart(SessionStart),

@@ -225,7 +225,8 @@ impl std::fmt::Debug for AuditLog {
 
 enum Request {
     Write {
-        event: Event,
+        /// Boxed: the queue holds requests, most of them small.
+        event: Box<Event>,
         durable: bool,
         reply: Reply,
     },
@@ -355,7 +356,7 @@ impl AuditLog {
     ) -> Result<(&'static str, String), AuditError> {
         let (name, sid) = (event.body.name(), event.sid.clone());
         match self.inner.tx.send(Request::Write {
-            event,
+            event: Box::new(event),
             durable,
             reply,
         }) {

@@ -376,11 +376,10 @@ pub fn sessions(trails: &[Trail], since: Option<SystemTime>) -> Vec<Session> {
                     s.outcome = format!("login refused: {}", a.reason.unwrap_or_default());
                 }
                 AuditEvent::SessionStart(_) => s.outcome = "open".into(),
-                AuditEvent::Port(p) if p.allowed => {
-                    if !s.targets.contains(&p.target) {
-                        s.targets.push(p.target);
-                    }
+                AuditEvent::Port(p) if p.allowed && !s.targets.contains(&p.target) => {
+                    s.targets.push(p.target);
                 }
+                AuditEvent::Port(p) if p.allowed => {}
                 AuditEvent::Port(p) => s.refused.push(format!("{} ({})", p.target, p.reason)),
                 AuditEvent::PortEnd(p) => {
                     s.bytes_in += p.bytes_in.unwrap_or(0);

@@ -43,7 +43,7 @@ fn auth(sid: &str, trail: &str, login: &str) -> Event {
         success: true,
         ..Default::default()
     };
-    Event::new(sid, trail, AuditEvent::Auth(body))
+    Event::new(sid, trail, AuditEvent::Auth(Box::new(body)))
 }
 
 /// A `port` event to `target`.

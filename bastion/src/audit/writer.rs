@@ -76,7 +76,7 @@ impl Writer {
                     durable,
                     reply,
                 } => {
-                    let result = self.write(event, durable);
+                    let result = self.write(*event, durable);
                     self.healthy.store(result.is_ok(), Ordering::Release);
                     reply.send(result);
                 }

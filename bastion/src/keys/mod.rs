@@ -133,6 +133,9 @@ pub struct KeySources {
 }
 
 /// What one source said about a login.
+// A `Decided` answer carries the audit detail (a few hundred bytes); an answer lives for
+// one lookup and is matched on at once, so boxing it would only cost an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Answer {
     /// The source has nothing for this login.
     Unknown,

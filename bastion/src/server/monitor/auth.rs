@@ -68,12 +68,12 @@ pub(super) async fn authenticate(
             let ev = Event::new(
                 &ctx.sid,
                 &trail,
-                AuditEvent::Auth(ev::Auth {
+                AuditEvent::Auth(Box::new(ev::Auth {
                     success: false,
                     reason: Some(reason),
                     detail: audit,
                     ..base
-                }),
+                })),
             );
             match shared.audit.write(ev, false).await {
                 Ok(()) => AuthVerdict::Reject,
@@ -94,7 +94,7 @@ pub(super) async fn authenticate(
             let ev = Event::new(
                 &ctx.sid,
                 &trail,
-                AuditEvent::Auth(ev::Auth {
+                AuditEvent::Auth(Box::new(ev::Auth {
                     who: Who {
                         user: Some(who.user.clone()),
                         ..base.who
@@ -105,7 +105,7 @@ pub(super) async fn authenticate(
                     permitopen: (!who.options.permitopen.is_empty()).then(|| permitopen.collect()),
                     detail: who.audit.clone(),
                     ..base
-                }),
+                })),
             );
             if let Err(e) = shared.audit.write(ev, true).await {
                 tracing::error!(error = %e, "audit trail unwritable; refusing");
